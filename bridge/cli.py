@@ -1,0 +1,77 @@
+"""The `cdc-bridge` command line.
+
+Every failure the bridge foresees is a BridgeError: it is printed as one line naming what is wrong
+and what to do, and the process exits with that error's exit code (2: fix the input, 3: a service
+is unavailable, retry later). Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from bridge import __version__
+from bridge.errors import BridgeError, ConfigurationError, ServiceUnavailable
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cdc-bridge")
+def cli() -> None:
+    """Turn a legacy PostgreSQL database's change stream into versioned domain events."""
+
+
+@cli.group()
+def legacy() -> None:
+    """The legacy restaurant database: its schema and a simulator of its app's traffic."""
+
+
+@legacy.command("migrate")
+@click.option("--dsn", envvar="BRIDGE_PG_DSN", required=True, help="PostgreSQL URL [env: BRIDGE_PG_DSN]")
+def legacy_migrate(dsn: str) -> None:
+    """Create or upgrade the legacy restaurant schema in a database."""
+    import psycopg
+
+    from legacy_db.migrate import MigrationError, apply_migrations
+
+    try:
+        applied = apply_migrations(dsn)
+    except psycopg.OperationalError as exc:
+        reason = " ".join(str(exc).split())  # psycopg's message spans lines; the CLI prints one
+        raise ServiceUnavailable(
+            f"cannot reach PostgreSQL at {dsn}: {reason}. Check the DSN and that the server is up."
+        ) from exc
+    except MigrationError as exc:
+        raise ConfigurationError(str(exc)) from exc
+    click.echo(f"applied {', '.join(applied)}" if applied else "schema is up to date")
+
+
+def _attach_simulator() -> None:
+    # The simulator keeps its own click command (it is also `python -m legacy_db.simulate`);
+    # mounting that object keeps one definition of its options.
+    from legacy_db.simulate import main as simulate_command
+
+    legacy.add_command(simulate_command, name="simulate")
+
+
+_attach_simulator()
+
+
+def main() -> None:
+    try:
+        outcome = cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except BridgeError as exc:
+        click.echo(f"cdc-bridge: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    # Without standalone mode click returns a command's exit code (from ctx.exit) instead of exiting.
+    sys.exit(outcome if isinstance(outcome, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

