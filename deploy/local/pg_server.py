@@ -13,14 +13,13 @@ from procs import StackError, free_port, give_to, require_port_free, run, unpriv
 DATABASE = "restaurant"
 
 # Logical decoding for Debezium and the bridge's own source; enough slots and senders for tests
-# that each use their own. synchronous_commit=off trades the last few commits on a server crash
-# for speed: this server is for development and tests, never for data that matters.
+# that each use their own. Commits stay synchronous: logical decoding only streams flushed WAL, so
+# an asynchronous commit would reach the change stream up to wal_writer_delay (200 ms) late.
 SERVER_SETTINGS = {
     "wal_level": "logical",
     "max_replication_slots": "40",
     "max_wal_senders": "40",
     "max_connections": "200",
-    "synchronous_commit": "off",
     "listen_addresses": "127.0.0.1",
 }
 
