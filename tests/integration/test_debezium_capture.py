@@ -10,9 +10,9 @@ from collections import Counter, defaultdict
 
 from legacy_db.simulate import run_simulation
 
-from .conftest import DebeziumCapture
-from .kafka_reading import payload, wait_for
-from .local_stack import StackInfo
+from tests.conftest import DebeziumCapture
+from tests.support.kafka_reading import payload, wait_for
+from tests.support.local_stack import StackInfo
 
 TABLES = ("customers", "customer_addresses", "menu_items", "orders", "order_items")
 TRANSACTIONS = 300

@@ -1,6 +1,6 @@
 """The legacy database and its simulator against a real PostgreSQL 15 (wal_level=logical).
 
-Uses ``fresh_legacy_db`` (tests/integration/conftest.py): the DSN of a new, migrated, empty database.
+Uses ``fresh_legacy_db`` (tests/conftest.py): the DSN of a new, migrated, empty database.
 """
 
 from __future__ import annotations

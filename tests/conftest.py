@@ -1,4 +1,4 @@
-"""Fixtures that run the real services: PostgreSQL, Kafka and Kafka Connect with Debezium.
+"""Shared fixtures. The ones below run the real services: PostgreSQL, Kafka and Kafka Connect with Debezium.
 
 The session starts one stack (local processes, or testcontainers with BRIDGE_TESTCONTAINERS=1) and
 always stops it. Each test gets its own database and, when it asks, its own Debezium connector, slot
@@ -19,7 +19,7 @@ import pytest
 
 from legacy_db.migrate import apply_migrations
 
-from .local_stack import REPO_ROOT, StackInfo, start_session_stack, stop_session_stack
+from tests.support.local_stack import REPO_ROOT, StackInfo, start_session_stack, stop_session_stack
 
 sys.path.insert(0, str(REPO_ROOT / "deploy" / "local"))
 import connectors  # noqa: E402  (deploy/local/connectors.py: the REST client the stack script uses)
@@ -29,14 +29,14 @@ CONNECTOR_DEFINITION = REPO_ROOT / "deploy" / "connectors" / "restaurant-postgre
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "integration" in str(item.path.parent):
+        if {"integration", "e2e"} & set(item.path.parts):
             item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[StackInfo]:
     if os.environ.get("BRIDGE_TESTCONTAINERS") == "1":
-        from .containers_stack import container_stack
+        from tests.support.containers_stack import container_stack
 
         with container_stack() as info:
             yield info

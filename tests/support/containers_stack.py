@@ -15,7 +15,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 
-from .local_stack import StackInfo
+from tests.support.local_stack import StackInfo
 
 POSTGRES_IMAGE = "postgres:15"
 KAFKA_IMAGE = "apache/kafka:4.1.0"

@@ -1,0 +1,86 @@
+"""Run `cdc-bridge run` as a child process and watch its consumer group catch up."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_config(path: Path, **settings: Any) -> Path:
+    path.write_text(yaml.safe_dump(settings, sort_keys=False))
+    return path
+
+
+class BridgeProcess:
+    def __init__(self, config: Path, log_file: Path) -> None:
+        self.config = config
+        self.log_file = log_file
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> BridgeProcess:
+        log = open(self.log_file, "ab")  # noqa: SIM115 (the child owns it for its lifetime)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bridge.cli", "run", "--config", str(self.config)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        log.close()
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout_s: float = 90) -> int:
+        """SIGTERM, then wait: the daemon drains and commits before it exits."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout_s)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace")
+
+
+def group_lag(bootstrap_servers: str, group_id: str, topics: list[str]) -> int:
+    """Records in `topics` that the group has not committed past (unknown topics count as empty)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    try:
+        existing = consumer.topics()
+        partitions = [TopicPartition(t, p) for t in topics if t in existing
+                      for p in sorted(consumer.partitions_for_topic(t) or ())]
+        if not partitions:
+            return 0
+        end = consumer.end_offsets(partitions)
+        committed = admin.list_consumer_group_offsets(group_id)
+        return sum(end[tp] - (committed[tp].offset if tp in committed else 0) for tp in partitions)
+    finally:
+        consumer.close()
+        admin.close()
+
+
+def wait_caught_up(bridge: BridgeProcess, bootstrap_servers: str, group_id: str, topics: list[str],
+                   timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    lag = -1
+    while time.monotonic() < deadline:
+        if not bridge.alive():
+            raise AssertionError(f"the bridge exited early:\n{bridge.log()[-4000:]}")
+        lag = group_lag(bootstrap_servers, group_id, topics)
+        if lag == 0:
+            return
+        time.sleep(1)
+    raise AssertionError(f"the bridge did not catch up within {timeout_s}s (lag {lag}):\n{bridge.log()[-4000:]}")
