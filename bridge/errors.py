@@ -1,7 +1,12 @@
 """The one exception tree of cdc-bridge.
 
-    BridgeError                    anything the bridge reports to a user; `retryable` says if waiting helps
-    ├── ConfigurationError         bad settings, mapping or command-line input: fix the input, then rerun
+    BridgeError                    anything the bridge reports on purpose; `retryable` says if waiting helps
+    ├── ConfigurationError         settings, command-line input or the source setup are wrong: fix, then rerun
+    │   └── MappingError           a mapping file is wrong; names file, line, rule and field
+    ├── ChangeError                one change cannot be handled; the pipeline dead-letters it or stops (policy)
+    │   ├── DecodeError            a malformed or undecodable change event (names topic, offset, column)
+    │   └── TranslationError       a mapping rule failed on a change (names rule and field)
+    ├── DeliveryError              an event could not be published (after the producer's own retries)
     └── ServiceUnavailable         a database or broker cannot be reached: retrying may help
 
 Every message names what is wrong, where, and what to do about it; the CLI prints it as one line
@@ -22,6 +27,29 @@ class ConfigurationError(BridgeError):
     """The input is wrong (a setting, a mapping, an argument); retrying the same input cannot help."""
 
     exit_code = 2
+
+
+class MappingError(ConfigurationError):
+    """A mapping file does not load or does not fit the change stream."""
+
+
+class ChangeError(BridgeError):
+    """One change (or transaction) could not be handled; others may still be."""
+
+
+class DecodeError(ChangeError):
+    """A change event is malformed or carries a value the bridge cannot decode exactly."""
+
+
+class TranslationError(ChangeError):
+    """A mapping rule failed while translating a change (a failed expression, a missing value)."""
+
+
+class DeliveryError(BridgeError):
+    """The sink did not acknowledge an event."""
+
+    retryable = True
+    exit_code = 3
 
 
 class ServiceUnavailable(BridgeError):

@@ -1,0 +1,129 @@
+"""A durable local store of last-seen rows: old values for tables under REPLICA IDENTITY DEFAULT.
+
+Under DEFAULT, PostgreSQL logs no old row for an UPDATE and only the key for a DELETE, yet rules such
+as "price changed from A to B" or "order line removed from order X" need the old row. The store keeps,
+per (table, key), the rows the bridge has seen (from snapshot reads and earlier changes) stamped with
+their source position, so the old row of a change at position P is the newest entry before P.
+
+Entries newer than the last committed source position are kept as history, not overwritten: after a
+crash the source replays from its committed position, and each replayed change must see the row as it
+was before that change, not as a later change left it. `prune` drops history nobody can replay.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import sqlite3
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from bridge.changes import UNKNOWN, Op, RowChange, SourcePosition, Transaction
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS prior_rows (
+    tbl        TEXT    NOT NULL,
+    row_key    TEXT    NOT NULL,
+    commit_lsn INTEGER NOT NULL,
+    change_lsn INTEGER NOT NULL,
+    seq        INTEGER NOT NULL,
+    row        BLOB,               -- pickled dict; NULL once the row was deleted
+    PRIMARY KEY (tbl, row_key, commit_lsn, change_lsn, seq)
+) WITHOUT ROWID;
+"""
+
+
+def _key_text(key: Mapping[str, Any] | None) -> str | None:
+    if key is None:
+        return None
+    return json.dumps(key, sort_keys=True, default=str, separators=(",", ":"))
+
+
+class PriorRowStore:
+    """SQLite-backed; writes are buffered per batch and flushed in one transaction."""
+
+    def __init__(self, path: Path, tables: Iterable[str] | None = None) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._tables = set(tables) if tables is not None else None  # None: keep every table
+        # Unflushed writes, newest last per key; read before the database.
+        self._buffer: dict[tuple[str, str], list[tuple[SourcePosition, dict[str, Any] | None]]] = {}
+        self._touched: set[tuple[str, str]] = set()
+
+    def keeps(self, table: str) -> bool:
+        return self._tables is None or table in self._tables
+
+    def before_image(self, change: RowChange) -> Mapping[str, Any] | None:
+        """The row as it was just before `change`, or None if never seen (or deleted)."""
+        # After a primary-key change the old row lives under the old key.
+        key = _key_text(change.old_key if change.old_key is not None else change.key)
+        if key is None:
+            return None
+        entries = self._buffer.get((change.table, key))
+        if entries:
+            for position, row in reversed(entries):
+                if position < change.position:
+                    return row
+        p = change.position
+        found = self._db.execute(
+            "SELECT row FROM prior_rows WHERE tbl = ? AND row_key = ? AND (commit_lsn, change_lsn, seq) < (?, ?, ?) "
+            "ORDER BY commit_lsn DESC, change_lsn DESC, seq DESC LIMIT 1",
+            (change.table, key, p.commit_lsn, p.change_lsn, p.seq),
+        ).fetchone()
+        return pickle.loads(found[0]) if found and found[0] is not None else None
+
+    def record(self, transaction: Transaction) -> None:
+        """Remember the after-image of every change (deletes as gone), filling unknown TOAST values."""
+        for change in transaction.changes:
+            if not self.keeps(change.table) or change.op in (Op.TRUNCATE, Op.MESSAGE):
+                continue
+            key = _key_text(change.key)
+            if key is None:
+                continue
+            if change.old_key is not None:  # primary-key change: the old key's row is gone
+                self._put(change.table, _key_text(change.old_key) or "", change.position, None)
+            row = None if change.op is Op.DELETE else dict(change.after or {})
+            if row is not None and any(value is UNKNOWN for value in row.values()):
+                previous = self.before_image(change) or {}  # the old key's row, after a key change
+                row = {name: previous.get(name, UNKNOWN) if value is UNKNOWN else value for name, value in row.items()}
+            self._put(change.table, key, change.position, row)
+
+    def _put(self, table: str, key: str, position: SourcePosition, row: dict[str, Any] | None) -> None:
+        self._buffer.setdefault((table, key), []).append((position, row))
+
+    def flush(self) -> None:
+        if not self._buffer:
+            return
+        rows = [
+            (table, key, p.commit_lsn, p.change_lsn, p.seq, None if row is None else pickle.dumps(row, protocol=5))
+            for (table, key), entries in self._buffer.items()
+            for p, row in entries
+        ]
+        self._db.execute("BEGIN")
+        self._db.executemany("INSERT OR REPLACE INTO prior_rows VALUES (?, ?, ?, ?, ?, ?)", rows)
+        self._db.execute("COMMIT")
+        self._touched.update(self._buffer)
+        self._buffer.clear()
+
+    def prune(self, committed: SourcePosition) -> None:
+        """Forget history at or before `committed`, keeping each touched key's newest entry there."""
+        c = (committed.commit_lsn, committed.change_lsn, committed.seq)
+        self._db.execute("BEGIN")
+        for table, key in self._touched:
+            self._db.execute(
+                "DELETE FROM prior_rows WHERE tbl = ?1 AND row_key = ?2 AND (commit_lsn, change_lsn, seq) < "
+                "(SELECT commit_lsn, change_lsn, seq FROM prior_rows WHERE tbl = ?1 AND row_key = ?2 AND "
+                " (commit_lsn, change_lsn, seq) <= (?3, ?4, ?5) ORDER BY commit_lsn DESC, change_lsn DESC, seq DESC LIMIT 1)",
+                (table, key, *c),
+            )
+        self._db.execute("COMMIT")
+        self._touched.clear()
+
+    def close(self) -> None:
+        self.flush()
+        self._db.close()
+
