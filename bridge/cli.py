@@ -8,6 +8,7 @@ is unavailable, retry later). Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -19,6 +20,22 @@ from bridge.errors import BridgeError, ConfigurationError, ServiceUnavailable
 @click.version_option(__version__, prog_name="cdc-bridge")
 def cli() -> None:
     """Turn a legacy PostgreSQL database's change stream into versioned domain events."""
+
+
+@cli.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), envvar="BRIDGE_CONFIG",
+              help="YAML settings file [env: BRIDGE_CONFIG]; environment variables BRIDGE_<SECTION>__<FIELD> override it")
+@click.option("--exit-when-idle", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Stop (drained and committed) once no change has arrived for this long: for batch runs.")
+def run(config_file: Path | None, exit_when_idle: float | None) -> None:
+    """Run the daemon: Debezium change events in, domain events out, until SIGTERM/SIGINT."""
+    from bridge.daemon import run_daemon
+    from bridge.observability import configure_logging
+    from bridge.settings import load_settings
+
+    settings = load_settings(config_file)
+    configure_logging(settings.logging.level, settings.logging.format)
+    run_daemon(settings, idle_exit_s=exit_when_idle)
 
 
 @cli.group()
@@ -55,6 +72,9 @@ def _attach_simulator() -> None:
 
 
 _attach_simulator()
+
+from bridge.mapping.commands import mappings_group  # noqa: E402  (the mappings validate/test commands)
+cli.add_command(mappings_group)
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
 from bridge.changes import SourcePosition
-from bridge.errors import ChangeError, DecodeError, ServiceUnavailable
+from bridge.errors import DecodeError, ServiceUnavailable
 from bridge.ports import SourceUnit
 from bridge.settings import DebeziumSource
 from bridge.sources.debezium_records import DecodeOptions, Heartbeat, Tombstone, decode_record
@@ -134,12 +134,10 @@ class DebeziumKafkaSource:
         return self._last_safe
 
     def partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        # Transactions span partitions, so a revocation restarts assembly: whatever is not done will be
-        # read again (same event ids) by whoever owns the partitions next.
-        try:
-            self.commit()
-        except ChangeError:
-            pass
+        # Called on kafka-python's I/O thread, where no blocking call (such as a commit) is allowed.
+        # Transactions span partitions, so a revocation restarts assembly: whatever was not committed is
+        # read again (same event ids) by whoever owns the partitions next. The daemon commits on a
+        # graceful stop before closing, so a plain shutdown repeats nothing.
         self._tracker.forget(revoked)
         self._assembler = TransactionAssembler(max_wait_s=self._settings.transaction_wait_s)
         self._released.clear()

@@ -1,0 +1,48 @@
+"""Declarative table-to-event mappings: load and compile them, translate transactions, test them.
+
+    load_mappings(paths, known_schema=None) -> CompiledMappings     loader.py (MappingError: file:line, rule, field)
+    translate.translate(tx, mappings, source_id=..., prior_rows=None)   (pure: no I/O, clock or globals)
+    run_golden(paths) -> [CaseOutcome]                               golden.py (`cdc-bridge mappings test`)
+
+The language is documented in mappings/README.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bridge.mapping.golden import run_golden
+    from bridge.mapping.loader import (
+        check_files,
+        load_mappings,
+        needs_before,
+        replica_identity_problems,
+    )
+    from bridge.mapping.spec import CompiledMappings, DeclaredTypes
+    from bridge.mapping.translate import (
+        DeadLetter,
+        InMemoryPriorRows,
+        PriorRows,
+        TranslationResult,
+    )
+
+# Imported on first use, so that `cdc-bridge --help` does not pay for pydantic and the compiler.
+_HOMES = {
+    "run_golden": "golden", "check_files": "loader", "load_mappings": "loader", "needs_before": "loader",
+    "replica_identity_problems": "loader", "CompiledMappings": "spec", "DeclaredTypes": "spec",
+    "DeadLetter": "translate", "InMemoryPriorRows": "translate", "PriorRows": "translate",
+    "TranslationResult": "translate",
+}  # translate() itself: from bridge.mapping.translate import translate (the submodule has its name)
+__all__ = [
+    "CompiledMappings", "DeadLetter", "DeclaredTypes", "InMemoryPriorRows", "PriorRows", "TranslationResult",
+    "check_files", "load_mappings", "needs_before", "replica_identity_problems", "run_golden",
+]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'bridge.mapping' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"bridge.mapping.{home}"), name)

@@ -1,0 +1,450 @@
+"""The models of a mapping file: its declared shape (pydantic), and the compiled form translate() runs.
+
+The pydantic half describes the file only; expressions stay strings there and the loader compiles them
+into closures, collected in the CompiledRule/CompiledMappings of the second half.
+
+A mapping file::
+
+    version: 1
+    namespace: restaurant            # event type = <namespace>.<aggregate type>.<Event>.v<major>
+    schema: public                   # default PostgreSQL schema of the tables
+    on_error: dead_letter            # or stop; a rule may override it
+    tables:                          # declared columns and PostgreSQL types (schemaless decoding, checks)
+      orders: {key: [id], columns: {id: bigint, status: varchar(20), ...}}
+    rules:
+      - id: orders.placed
+        table: orders
+        ops: [u]
+        when: before.status != 'PLACED' and after.status == 'PLACED'
+        emit:
+          - event: OrderPlaced
+            aggregate: {type: order, id: after.id}
+            data: {orderId: after.id, ...}
+
+The key is ``ops``, not ``on``: YAML 1.1 reads a bare ``on`` as the boolean true.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Final, Literal, Union
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
+
+from bridge.changes import Op
+
+OpLetter = Literal["r", "c", "u", "d", "t"]
+ErrorPolicy = Literal["dead_letter", "stop"]
+
+
+def _pattern(regex: str, expected: str) -> AfterValidator:
+    compiled = re.compile(regex)
+
+    def check(value: str) -> str:
+        if not compiled.fullmatch(value):
+            raise ValueError(f"{value!r} is not valid: expected {expected}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+RuleId = Annotated[str, _pattern(r"[a-z][a-z0-9_]*([.-][a-z0-9_]+)*", "a lowercase id like 'orders.placed'")]
+EventName = Annotated[str, _pattern(r"[A-Z][A-Za-z0-9]*", "an event name in CamelCase like 'OrderPlaced'")]
+AggregateType = Annotated[str, _pattern(r"[a-z][a-z0-9_]*", "a lowercase aggregate type like 'order'")]
+Namespace = Annotated[str, _pattern(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*", "a lowercase namespace like 'restaurant'")]
+SqlName = Annotated[str, _pattern(r"[A-Za-z_][A-Za-z0-9_$]*", "a table or column name")]
+TableRef = Annotated[str, _pattern(r"([A-Za-z_][A-Za-z0-9_$]*\.)?[A-Za-z_][A-Za-z0-9_$]*", "'table' or 'schema.table'")]
+Ops = Annotated[list[OpLetter], BeforeValidator(_as_list), Field(min_length=1)]
+
+
+def _check_let_name(name: str) -> str:
+    if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
+        raise ValueError(f"{name!r} is not valid: expected a name like 'lines' (letters, digits, _; no leading _)")
+    return name
+
+
+LetName = Annotated[str, AfterValidator(_check_let_name)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CollectSpec(_Strict):
+    """Gather the changes of one table in the same transaction: one object (``fields``) or value per change."""
+
+    table: TableRef
+    ops: Ops = ["c"]
+    where: str | None = None  # sees `row`: the collected change's after image (before for deletes)
+    fields: dict[str, FieldSpec] | None = None
+    value: str | None = None
+
+    @model_validator(mode="after")
+    def _one_output(self) -> CollectSpec:
+        if (self.fields is None) == (self.value is None):
+            raise ValueError("a collect needs exactly one of 'fields' (a list of objects) "
+                             "or 'value' (a list of values)")
+        return self
+
+
+class FieldObject(_Strict):
+    """The long form of a payload field: ``{value|const|collect, optional, when}``."""
+
+    value: str | None = None
+    const: Any = None
+    collect: CollectSpec | None = None
+    optional: bool = False  # omit the field when its value is UNKNOWN (unchanged TOAST) instead of failing
+    when: str | None = None  # include the field only when this is true
+
+    @model_validator(mode="after")
+    def _one_source(self) -> FieldObject:
+        given = [k for k in ("value", "const", "collect") if k in self.model_fields_set]
+        if len(given) != 1:
+            raise ValueError("a field needs exactly one of 'value' (an expression), 'const' or 'collect'"
+                             + (f", got {' and '.join(given)}" if given else ""))
+        return self
+
+
+def _field_kind(value: Any) -> str:
+    if isinstance(value, str):
+        return "expression"
+    if isinstance(value, dict):
+        return "object"
+    return "constant"
+
+
+#: A payload field: a string is an expression, a mapping is a FieldObject, anything else a constant.
+FieldSpec = Annotated[
+    Annotated[str, Tag("expression")] | Annotated[FieldObject, Tag("object")] | Annotated[Any, Tag("constant")],
+    Discriminator(_field_kind),
+]
+
+
+class AggregateSpec(_Strict):
+    type: AggregateType
+    id: str  # expression
+
+
+class EmitSpec(_Strict):
+    event: EventName
+    version: int = Field(default=1, ge=1)  # the major version, part of the event type and of the event id
+    aggregate: AggregateSpec
+    when: str | None = None
+    each: str | None = None  # an expression giving a list: one event per element, bound to `item`
+    data: dict[str, FieldSpec] = {}
+
+
+class RuleSpec(_Strict):
+    id: RuleId
+    description: str | None = None
+    table: TableRef
+    ops: Ops
+    when: str | None = None
+    let: dict[LetName, FieldSpec] = {}
+    ignore: bool = False
+    emit: list[EmitSpec] = []
+    on_error: ErrorPolicy | None = None
+
+    @model_validator(mode="after")
+    def _emits_or_ignores(self) -> RuleSpec:
+        if self.ignore == bool(self.emit):
+            raise ValueError("a rule needs either 'emit' (a list of events) or 'ignore: true', not both or neither")
+        return self
+
+
+class TableSpec(_Strict):
+    schema_: SqlName | None = Field(default=None, alias="schema")
+    key: list[SqlName] | None = None  # primary-key columns (default: id if declared)
+    columns: dict[SqlName, str] = {}
+
+
+class MappingFileSpec(_Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    version: Literal[1] = 1
+    namespace: Namespace
+    schema_: SqlName = Field(default="public", alias="schema")
+    on_error: ErrorPolicy = "dead_letter"
+    description: str | None = None
+    tables: dict[SqlName, TableSpec] = {}
+    rules: list[RuleSpec] = Field(min_length=1)
+
+
+CollectSpec.model_rebuild()
+
+# -- pydantic's errors, as paths into the YAML data and messages that say what was expected -------------------
+
+
+def shape_problems(data: Any, exc: ValidationError, root: type[BaseModel] | None = None) -> list[tuple[list[Any], str]]:
+    """(path into ``data``, message) for each error of ``root.model_validate(data)`` (root: MappingFileSpec)."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        loc, kind, message = list(error["loc"]), error["type"], error["msg"].removeprefix("Value error, ")
+        if loc and loc[-1] == "[key]":  # a dict key failed, not its value
+            loc.pop()
+            message = f"key {loc[-1]!r}: {message}"
+        if kind == "invalid_key":  # YAML gave a non-string key, e.g. `on:` read as true
+            loc[-1] = error.get("input")
+            message = f"{loc[-1]!r} is not a field name"
+            if loc[-1] is True:
+                message += "; YAML reads a bare 'on' as true: the operations go under 'ops'"
+        elif kind == "missing":
+            message = f"missing required field '{loc[-1]}'"
+        elif kind == "extra_forbidden":
+            model = _model_at(root or MappingFileSpec, loc[:-1])
+            allowed = [f.alias or n for n, f in model.model_fields.items()] if model else []
+            message = f"unknown field '{loc[-1]}'" + (f" (expected one of {', '.join(allowed)})" if allowed else "")
+        elif kind != "value_error" and not message.startswith("key "):  # say what was given
+            message = f"{message} (got {error.get('input')!r})"
+        named = kind in ("missing", "extra_forbidden", "invalid_key")
+        problems.append((_data_path(data, loc, names_field=named), message))
+    return problems
+
+
+def _data_path(data: Any, loc: Sequence[Any], names_field: bool) -> list[Any]:
+    """pydantic's loc minus the union tags it inserts ('object', 'expression'): a path into the data.
+
+    ``names_field``: the last element names a field (missing or unknown) and is kept even if absent.
+    """
+    path: list[Any] = []
+    for position, element in enumerate(loc):
+        in_dict = isinstance(data, dict) and element in data
+        in_list = isinstance(data, list) and isinstance(element, int) and 0 <= element < len(data)
+        if in_dict or in_list:
+            data = data[element]
+        elif not (names_field and position == len(loc) - 1):
+            continue  # a tag
+        path.append(element)
+    return path
+
+
+def _model_at(root: type[BaseModel], loc: Sequence[Any]) -> type[BaseModel] | None:
+    """The model validating the object at ``loc`` (tags included), to list the fields it allows."""
+    current: Any = root
+    for element in loc:
+        current, was_tag = _unwrap(current, element)
+        if was_tag:
+            continue
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            info = next((f for n, f in current.model_fields.items() if element in (n, f.alias)), None)
+            current = info.annotation if info else None
+        elif typing.get_origin(current) is list and isinstance(element, int):
+            current = typing.get_args(current)[0]
+        elif typing.get_origin(current) is dict:
+            current = typing.get_args(current)[1]
+        else:
+            current = None
+        if current is None:
+            return None
+    current, _ = _unwrap(current, None)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _unwrap(annotation: Any, tag: Any) -> tuple[Any, bool]:
+    """Strip Annotated and Optional; in a tagged union pick the member named by ``tag`` (then True)."""
+    used_tag = False
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (Union, types.UnionType):
+            members = [m for m in typing.get_args(annotation) if m is not type(None)]
+            tagged = [m for m in members if typing.get_origin(m) is Annotated
+                      and any(getattr(meta, "tag", None) == tag for meta in m.__metadata__)]
+            if not tagged and len(members) > 1:
+                return None, False
+            annotation, used_tag = (tagged or members)[0], used_tag or bool(tagged)
+        else:
+            return annotation, used_tag
+
+
+# -- PostgreSQL type names -----------------------------------------------------------------------------------
+# Declared types are normalised to what PostgreSQL's format_type() prints, so a daemon can compare them with
+# the catalog and a decoder needs to know one spelling per type.
+
+_ALIASES = {
+    "int": "integer", "int4": "integer", "integer": "integer", "serial": "integer", "serial4": "integer",
+    "int8": "bigint", "bigint": "bigint", "bigserial": "bigint", "serial8": "bigint",
+    "int2": "smallint", "smallint": "smallint", "smallserial": "smallint", "serial2": "smallint",
+    "float4": "real", "real": "real", "float8": "double precision", "double precision": "double precision",
+    "float": "double precision", "bool": "boolean", "boolean": "boolean", "text": "text", "date": "date",
+    "json": "json", "jsonb": "jsonb", "uuid": "uuid", "bytea": "bytea", "money": "money", "inet": "inet",
+    "cidr": "cidr", "macaddr": "macaddr", "xml": "xml", "oid": "oid", "interval": "interval",
+    "numeric": "numeric", "decimal": "numeric",
+    "varchar": "character varying", "character varying": "character varying",
+    "char": "character", "character": "character", "bpchar": "character",
+    "timestamp": "timestamp without time zone", "timestamp without time zone": "timestamp without time zone",
+    "timestamptz": "timestamp with time zone", "timestamp with time zone": "timestamp with time zone",
+    "time": "time without time zone", "time without time zone": "time without time zone",
+    "timetz": "time with time zone", "time with time zone": "time with time zone",
+}
+_TYPE = re.compile(r"(?P<name>[a-z][a-z0-9 ]*?)\s*(\((?P<args>[0-9 ,]+)\))?(?P<zone>\s+with(out)? time zone)?"
+                   r"(?P<array>(\s*\[\s*\])*)")
+TYPE_EXAMPLES = "bigint, integer, numeric(10,2), varchar(255), char(2), text, text[], boolean, jsonb, " \
+                "timestamptz, timestamp, date, uuid"
+
+
+def canonical_pg_type(declared: str) -> str:
+    """``varchar(255)`` -> ``character varying(255)``, ``timestamptz`` -> ``timestamp with time zone``, ...
+
+    Raises ValueError for a type this bridge cannot decode (with examples of those it can).
+    """
+    text = " ".join(declared.lower().split())
+    match = _TYPE.fullmatch(text)
+    base = match.group("name").strip() if match else ""
+    zone = (match.group("zone") or "").strip() if match else ""
+    name = f"{base} {zone}" if zone and base in ("timestamp", "time") else None if zone else _ALIASES.get(base)
+    if match is None or name is None:
+        raise ValueError(f"unknown PostgreSQL type {declared!r} (expected a type such as {TYPE_EXAMPLES}; "
+                         "declare enums and domains as text)")
+    args = [a.strip() for a in (match.group("args") or "").split(",") if a.strip()]
+    if name == "numeric" and len(args) == 1:
+        args.append("0")  # numeric(10) is numeric(10,0)
+    if name == "character" and not args:
+        args = ["1"]  # char is char(1)
+    if args and name.startswith("time"):  # the precision goes before the zone: timestamp(3) with time zone
+        word, _, rest = name.partition(" ")
+        name = f"{word}({args[0]}) {rest}"
+    elif args:
+        name = f"{name}({','.join(args)})"
+    return name + ("[]" if match.group("array") else "")  # PostgreSQL keeps no array dimensions either
+
+# -- the compiled form: what the loader builds from the models above and translate() runs -----------------
+
+#: table -> column -> PostgreSQL type (canonical spelling), as declared by the mapping files.
+DeclaredTypes = Mapping[str, Mapping[str, str]]
+Getter = Callable[[Any], Any]
+OMIT: Final = object()  # an optional field whose value was unknown: leave it out of the payload
+
+
+class Scope:
+    """What one rule's closures read while translating one change: the change context, the rule's lazily
+    computed `let` values, and the current `row` (inside collect) and `item` (inside `each`)."""
+
+    __slots__ = ("ctx", "item", "let_fns", "lets", "row")
+
+    def __init__(self, ctx: Any, let_fns: Mapping[str, Getter]) -> None:
+        self.ctx, self.let_fns = ctx, let_fns
+        self.lets: dict[str, Any] | None = None
+        self.row: Any = None
+        self.item: Any = None
+
+    def let(self, name: str) -> Any:
+        lets = self.lets
+        if lets is None:
+            lets = self.lets = {}
+        elif name in lets:
+            return lets[name]
+        value = lets[name] = self.let_fns[name](self)
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledField:
+    name: str
+    evaluate: Getter  # guarded: raises TranslationError naming rule and field, or returns OMIT
+    when: Getter | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledEmit:
+    event: str
+    major: int
+    type: str  # <namespace>.<aggregate type>.<Event>.v<major>
+    aggregate_type: str
+    aggregate_id: Getter
+    fields: tuple[CompiledField, ...]
+    when: Getter | None = None
+    each: Getter | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    id: str
+    origin: str  # file:line, for reports
+    namespace: str
+    schema: str
+    table: str
+    ops: frozenset[Op]
+    ignore: bool
+    on_error: str
+    when: Getter | None
+    lets: Mapping[str, Getter]
+    emits: tuple[CompiledEmit, ...]
+    reads_before: bool  # reads `before` or `changed` on an update or delete: needs the old row
+
+    @property
+    def qualified_table(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+
+class CompiledMappings:
+    """Every rule of one or more mapping files, indexed by (schema, table, op) for translate()."""
+
+    def __init__(self, rules: Sequence[CompiledRule], *, files: Sequence[str] = (),
+                 declared_types: DeclaredTypes | None = None, keys: Mapping[str, tuple[str, ...]] | None = None,
+                 schemas: Mapping[str, str] | None = None) -> None:
+        self.rules = tuple(rules)
+        self.files = tuple(files)
+        self._declared: DeclaredTypes = declared_types or {}
+        self.keys: Mapping[str, tuple[str, ...]] = keys or {}  # table -> primary-key columns
+        self.schemas: Mapping[str, str] = schemas or {}  # table -> schema
+        index: dict[tuple[str, str, Op], tuple[list[CompiledRule], list[CompiledRule]]] = {}
+        for rule in self.rules:
+            for op in rule.ops:
+                ignores, emitters = index.setdefault((rule.schema, rule.table, op), ([], []))
+                (ignores if rule.ignore else emitters).append(rule)
+        self.index = {k: (tuple(ignores), tuple(emitters)) for k, (ignores, emitters) in index.items()}
+        self.overlay_tables = frozenset((r.schema, r.table) for r in self.rules if r.reads_before)
+        self._column_counts = {table: len(columns) for table, columns in self._declared.items()}
+
+    def declared_types(self) -> DeclaredTypes:
+        """table -> column -> PostgreSQL type, for decoding schemaless Debezium JSON exactly."""
+        return self._declared
+
+    def column_count(self, table: str) -> int | None:
+        return self._column_counts.get(table)
+
+    def needs_before(self) -> dict[str, tuple[str, ...]]:
+        """table -> ids of the rules reading old values (`before`, `changed`) of its updates or deletes.
+
+        Such a table needs REPLICA IDENTITY FULL or the prior-row store (see loader.replica_identity_problems).
+        """
+        needs: dict[str, list[str]] = {}
+        for rule in self.rules:
+            if rule.reads_before:
+                needs.setdefault(rule.table, []).append(rule.id)
+        return {table: tuple(ids) for table, ids in needs.items()}
+
+    def tables(self) -> list[str]:
+        """The tables rules read (plain names; each rule's schema is in rule.schema)."""
+        return sorted({rule.table for rule in self.rules})
+
+    def event_types(self) -> list[str]:
+        return sorted({emit.type for rule in self.rules for emit in rule.emits})
+
+    def aggregates(self) -> list[tuple[str, str]]:
+        """(namespace, aggregate type) of every event the rules can emit: the sink's topics."""
+        return sorted({(emit.type.rsplit(".", 3)[0], emit.aggregate_type) for rule in self.rules for emit in rule.emits})
+
+    def rule_count(self) -> int:
+        return len(self.rules)

@@ -1,0 +1,52 @@
+"""The seams between the pipeline and its adapters: a change source and an event sink.
+
+A source hands out units of work in commit order and is told when each is done; only then may it
+acknowledge the position (commit Kafka offsets, advance a replication slot). A sink publishes
+asynchronously and reports each delivery through a callback, which may run on another thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from bridge.changes import SourcePosition, Transaction
+from bridge.errors import ChangeError
+from bridge.events import DomainEvent
+
+
+@dataclass(slots=True)
+class SourceUnit:
+    """One thing to handle: a complete transaction, or a record that could not be decoded."""
+
+    transaction: Transaction | None
+    handle: Any  # the source's own bookkeeping; given back in `done`
+    error: ChangeError | None = None  # set when the record could not be turned into a transaction
+    raw: dict[str, Any] = field(default_factory=dict)  # the original record, for dead letters
+
+
+class ChangeSource(Protocol):
+    def poll(self, timeout_s: float) -> list[SourceUnit]:
+        """Units ready for translation, in commit order. May raise ChangeError for a stalled stream."""
+
+    def done(self, unit: SourceUnit) -> None:
+        """Every event derived from `unit` is acknowledged by the sink (or there were none)."""
+
+    def commit(self) -> SourcePosition | None:
+        """Acknowledge all done units to the upstream; return the position everything before is safe at."""
+
+    def close(self) -> None: ...
+
+
+DeliveryCallback = Callable[[Exception | None], None]
+
+
+class EventSink(Protocol):
+    def publish(self, event: DomainEvent, on_delivery: DeliveryCallback) -> None: ...
+
+    def publish_dead_letter(self, record: dict[str, Any], key: bytes | None, on_delivery: DeliveryCallback) -> None: ...
+
+    def flush(self, timeout_s: float) -> None: ...
+
+    def close(self) -> None: ...

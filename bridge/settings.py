@@ -1,0 +1,147 @@
+"""Settings: the only reader of configuration files and environment variables.
+
+A YAML file (`cdc-bridge run --config bridge.yaml`) gives the settings; environment variables override
+any of them, named BRIDGE_<SECTION>__<FIELD> (e.g. BRIDGE_SOURCE__BOOTSTRAP_SERVERS). Invalid settings
+raise ConfigurationError with one line per problem naming the file and the setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from bridge.errors import ConfigurationError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DebeziumSource(_Section):
+    """Where Debezium writes and how its JSON converter is set up."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic_prefix: str = Field("legacy", description="the connector's topic.prefix")
+    schema_name: str = "public"
+    replica_identity_full: list[str] = Field(
+        default_factory=list,
+        description="tables with REPLICA IDENTITY FULL, whose before images are complete; Debezium's "
+                    "before images of every other table are trusted for their key columns only")
+    group_id: str = "cdc-bridge"
+    transaction_topic: str | None = Field(None, description="default: <topic_prefix>.transaction")
+    # The connector's decoding options, needed to decode schemaless JSON (schemas.enable=false).
+    decimal_handling_mode: Literal["precise", "string", "double"] = "precise"
+    time_precision_mode: Literal[
+        "adaptive", "adaptive_time_microseconds", "connect", "microseconds", "nanoseconds", "isostring"
+    ] = "adaptive"
+    unavailable_value_placeholder: str = "__debezium_unavailable_value"
+    transaction_wait_s: float = Field(60.0, gt=0, description="how long an incomplete transaction may wait")
+    poll_max_records: int = Field(2000, gt=0)
+
+    def resolved_transaction_topic(self) -> str:
+        return self.transaction_topic or f"{self.topic_prefix}.transaction"
+
+    def full_identity_tables(self) -> frozenset[str]:
+        return frozenset(t if "." in t else f"{self.schema_name}.{t}" for t in self.replica_identity_full)
+
+
+class KafkaSink(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic_template: str = Field("{namespace}.{aggregate_type}", description="topic per aggregate type")
+    topics: dict[str, str] = Field(default_factory=dict, description="aggregate type -> topic, overrides the template")
+    dead_letter_topic: str = "cdc-bridge.dead-letters"
+    create_topics: bool = Field(True, description="create missing event and dead-letter topics at start")
+    partitions: int = Field(3, gt=0, description="for topics the bridge creates; key = aggregate id keeps order")
+    replication_factor: int = Field(1, gt=0, description="for topics the bridge creates")
+    linger_ms: int = 5
+    compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] | None = None
+    delivery_timeout_s: float = Field(120.0, gt=0)
+
+    def topic_for(self, namespace: str, aggregate_type: str) -> str:
+        return self.topics.get(aggregate_type) or self.topic_template.format(
+            namespace=namespace, aggregate_type=aggregate_type)
+
+
+class StateSettings(_Section):
+    """The local store of last-seen rows that supplies old values under REPLICA IDENTITY DEFAULT."""
+
+    path: Path | None = Field(Path(".state/bridge/prior-rows.sqlite"), description="null disables the store")
+
+
+class PipelineSettings(_Section):
+    max_in_flight_events: int = Field(20000, gt=0, description="events sent but not yet acknowledged")
+    commit_interval_s: float = Field(1.0, gt=0)
+    on_error: Literal["dead_letter", "stop"] | None = Field(None, description="overrides every mapping's policy")
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+
+
+class Settings(BaseSettings):
+    """Everything `cdc-bridge run` needs."""
+
+    model_config = SettingsConfigDict(env_prefix="BRIDGE_", env_nested_delimiter="__", extra="forbid")
+
+    source_id: str = Field("legacy-restaurant", description="names the legacy database in event ids and sources")
+    mappings: list[Path] = Field(default_factory=lambda: [Path("mappings/restaurant.yaml")])
+    source: DebeziumSource = Field(default_factory=DebeziumSource)
+    sink: KafkaSink = Field(default_factory=KafkaSink)
+    state: StateSettings = Field(default_factory=StateSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @field_validator("source_id")
+    @classmethod
+    def _stable_id(cls, value: str) -> str:
+        if not value or any(c.isspace() for c in value):
+            raise ValueError("must be a non-empty word without spaces; it is part of every event id")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first: it overrides the file, which arrives as init settings.
+        return env_settings, init_settings
+
+
+def load_settings(config_file: Path | None) -> Settings:
+    """Read the file (if any) and the environment; relative paths in the file are taken from its folder."""
+    data: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            loaded = yaml.safe_load(config_file.read_text())
+        except FileNotFoundError:
+            raise ConfigurationError(f"config file {config_file} does not exist") from None
+        except yaml.YAMLError as exc:
+            raise ConfigurationError(f"{config_file}: not valid YAML: {' '.join(str(exc).split())}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigurationError(f"{config_file}: expected a mapping of settings at the top level")
+        data = _resolve_paths(loaded or {}, config_file.parent)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        where = str(config_file) if config_file else "settings"
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
+        )
+        raise ConfigurationError(
+            f"{where}: {problems} (environment variables BRIDGE_<SECTION>__<FIELD> override the file)") from exc
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    resolved = dict(data)
+    if isinstance(resolved.get("mappings"), list):
+        resolved["mappings"] = [str(base / p) if not Path(p).is_absolute() else p for p in resolved["mappings"]]
+    state = resolved.get("state")
+    if isinstance(state, dict) and isinstance(state.get("path"), str) and not Path(state["path"]).is_absolute():
+        resolved["state"] = {**state, "path": str(base / state["path"])}
+    return resolved
