@@ -32,6 +32,8 @@ class DebeziumSource(_Section):
         description="tables with REPLICA IDENTITY FULL, whose before images are complete; Debezium's "
                     "before images of every other table are trusted for their key columns only")
     group_id: str = "cdc-bridge"
+    group_instance_id: str | None = Field(
+        "cdc-bridge", description="static group membership: a restart resumes at once; null for dynamic")
     transaction_topic: str | None = Field(None, description="default: <topic_prefix>.transaction")
     # The connector's decoding options, needed to decode schemaless JSON (schemas.enable=false).
     decimal_handling_mode: Literal["precise", "string", "double"] = "precise"

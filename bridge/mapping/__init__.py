@@ -4,7 +4,20 @@
     translate.translate(tx, mappings, source_id=..., prior_rows=None)   (pure: no I/O, clock or globals)
     run_golden(paths) -> [CaseOutcome]                               golden.py (`cdc-bridge mappings test`)
 
-The language is documented in mappings/README.md.
+The language is documented in mappings/README.md. The modules, in the order a mapping file meets them:
+
+    yaml_lines.py   YAML with the line of every key and item; one-line problems pointing into it
+    spec.py         the file's shape (pydantic models), their errors as YAML paths, PostgreSQL type names
+    expr.py         the expression language: parse, check and compile an expression into a closure
+    values.py       what values do at run time: EvalError/UnknownValue, field reads, operators, decimals
+    functions.py    the functions expressions may call
+    compile.py      the rule compiler: one validated file into CompiledRules, problems collected
+    closures.py     what compiled rules call at run time: name readers, guard, checks, payloads, collect
+    compiled.py     the compiled form: CompiledRule, CompiledMappings, Scope
+    loader.py       files and directories in, CompiledMappings (or every problem) out
+    runtime.py      one transaction's shared state: changes by table, overlay, before images
+    translate.py    translate(): a transaction in, events and dead letters out; the PriorRows protocol
+    golden.py       golden cases; commands.py: `cdc-bridge mappings validate|test`
 """
 
 from __future__ import annotations
@@ -13,6 +26,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from bridge.mapping.compiled import CompiledMappings, DeclaredTypes
     from bridge.mapping.golden import run_golden
     from bridge.mapping.loader import (
         check_files,
@@ -20,7 +34,6 @@ if TYPE_CHECKING:
         needs_before,
         replica_identity_problems,
     )
-    from bridge.mapping.spec import CompiledMappings, DeclaredTypes
     from bridge.mapping.translate import (
         DeadLetter,
         InMemoryPriorRows,
@@ -31,7 +44,7 @@ if TYPE_CHECKING:
 # Imported on first use, so that `cdc-bridge --help` does not pay for pydantic and the compiler.
 _HOMES = {
     "run_golden": "golden", "check_files": "loader", "load_mappings": "loader", "needs_before": "loader",
-    "replica_identity_problems": "loader", "CompiledMappings": "spec", "DeclaredTypes": "spec",
+    "replica_identity_problems": "loader", "CompiledMappings": "compiled", "DeclaredTypes": "compiled",
     "DeadLetter": "translate", "InMemoryPriorRows": "translate", "PriorRows": "translate",
     "TranslationResult": "translate",
 }  # translate() itself: from bridge.mapping.translate import translate (the submodule has its name)

@@ -3,67 +3,55 @@
 An expression is Python syntax parsed with :mod:`ast`, and only a whitelist of node types is accepted:
 literals, names from a fixed set given by the caller, attribute and subscript reads on row mappings,
 comparisons, boolean logic, arithmetic, ``in``, conditional expressions, list/tuple/set displays and calls
-of the pure functions in :data:`FUNCTIONS`. Every accepted node becomes a closure over already compiled
-children; user text is never passed to ``eval``/``exec`` and attribute reads are mapping lookups, never
-``getattr``, so a mapping cannot import, call arbitrary code, reach dunder attributes, files, the network
-or a clock. Anything else is an :class:`ExprError` at load time.
+of the pure functions in :data:`~bridge.mapping.functions.FUNCTIONS`. Every accepted node becomes a closure
+over already compiled children; user text is never passed to ``eval``/``exec`` and attribute reads are
+mapping lookups, never ``getattr``, so a mapping cannot import, call arbitrary code, reach dunder
+attributes, files, the network or a clock. Anything else is an :class:`ExprError` at load time.
 
 Money stays exact: decimal literals (``1.10``) are ``Decimal``, ``/`` on integers and decimals divides
 decimally, and decimal arithmetic runs in one fixed context rather than the thread's (which anyone may
 change), so the same change always yields the same bytes.
 
 At run time a closure raises :class:`EvalError` (or :class:`UnknownValue` for an unchanged TOAST value);
-the translator turns it into a ``TranslationError`` naming the rule and the field.
+the translator turns it into a ``TranslationError`` naming the rule and the field. What values do at run
+time (those errors, field reads, the operators) is in :mod:`bridge.mapping.values`; the functions are in
+:mod:`bridge.mapping.functions`.
 """
 
 from __future__ import annotations
 
 import ast
-import decimal
 import math
-import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, time
 from decimal import Decimal
 from difflib import get_close_matches
 from typing import Any
-from uuid import UUID
 
-from bridge.changes import UNKNOWN
-from bridge.events import to_json_value
+from bridge.mapping.functions import FUNCTIONS
+from bridge.mapping.values import (
+    BINARY_OPERATORS,
+    COMPARISONS,
+    DECIMAL_CONTEXT,
+    EvalError,
+    UnknownValue,
+    read_field,
+    type_name,
+)
+
+# EvalError and UnknownValue live in bridge.mapping.values; users of the language get them here too.
+__all__ = ["EvalError", "ExprError", "Expression", "NameSpec", "UnknownValue", "compile_expression", "equality_probe"]
 
 MAX_LENGTH = 2000  # characters; also keeps CPython's parser far from its own recursion limits
 MAX_NODES = 400
 MAX_DEPTH = 40
 MAX_EXPONENT = 64
 
-#: One context for every decimal operation: precise enough for numeric(38,x), traps instead of NaN/Infinity.
-DECIMAL_CONTEXT = decimal.Context(
-    prec=38, rounding=decimal.ROUND_HALF_EVEN, Emax=999_999, Emin=-999_999,
-    traps=[decimal.InvalidOperation, decimal.DivisionByZero, decimal.Overflow],
-)
-
 Getter = Callable[[Any], Any]
 
 
 class ExprError(Exception):
     """An expression does not compile; the loader adds file, line, rule and field."""
-
-
-class EvalError(Exception):
-    """An expression failed on a change; the translator adds rule and field."""
-
-
-class UnknownValue(EvalError):
-    """A column holds UNKNOWN (an unchanged TOAST value): only known() and optional fields may meet it."""
-
-    def __init__(self, where: str, advice: str = "") -> None:
-        super().__init__(
-            f"{where} is unknown (an unchanged TOAST value the change stream did not carry); "
-            + (advice or f"test it with known({where}) or mark the field optional: true")
-        )
-        self.where = where
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,121 +116,6 @@ def equality_probe(text: str, row: str = "row") -> tuple[str, str] | None:
                     return side.attr, ast.unparse(other)
     return None
 
-
-# -- run-time helpers ------------------------------------------------------------------------------------
-
-def type_name(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def read_field(obj: Any, name: Any, where: str) -> Any:
-    """``obj.name`` / ``obj[name]`` on a row or JSON value; a null object reads as null (JSON navigation)."""
-    if obj is None:
-        return None
-    if isinstance(obj, Mapping):
-        try:
-            value = obj[name]
-        except KeyError:
-            raise EvalError(f"{where}: no {name!r} in this row/object (it has {', '.join(map(str, obj))})") from None
-        except TypeError:
-            raise EvalError(f"{where}: {type_name(name)} is not a valid key") from None
-        if value is UNKNOWN:
-            raise UnknownValue(where)
-        return value
-    if isinstance(obj, (list, tuple, str)) and type(name) is int:
-        try:
-            value = obj[name]
-        except IndexError:
-            raise EvalError(f"{where}: index {name} is out of range (length {len(obj)})") from None
-        if value is UNKNOWN:
-            raise UnknownValue(where)
-        return value
-    raise EvalError(f"{where}: cannot read {name!r} of a {type_name(obj)}")
-
-
-def _dec(value: Any, verb: str, other: Any) -> Decimal:
-    if type(value) is Decimal:
-        return value
-    if type(value) is int:
-        return Decimal(value)
-    raise EvalError(f"cannot {verb} {type_name(value)} and {type_name(other)}; cast with decimal() or int()")
-
-
-def _numeric(verb: str, int_op: Callable[[Any, Any], Any], dec_op: Callable[[Any, Any], Any],
-             float_op: Callable[[Any, Any], Any] | None = None) -> Callable[[Any, Any], Any]:
-    """An arithmetic operator over int, Decimal (exact, fixed context) and float; never sequences."""
-
-    def apply(a: Any, b: Any) -> Any:
-        ta, tb = type(a), type(b)
-        try:
-            if ta is int and tb is int:
-                return int_op(a, b)
-            if ta is Decimal or tb is Decimal:
-                return dec_op(_dec(a, verb, b), _dec(b, verb, a))
-            if float_op is not None and ta in (int, float) and tb in (int, float):
-                return float_op(a, b)
-        except (ArithmeticError, ValueError) as exc:
-            raise EvalError(f"cannot {verb} {a!r} and {b!r}: {type(exc).__name__}") from None
-        raise EvalError(f"cannot {verb} {type_name(a)} and {type_name(b)}")
-
-    return apply
-
-
-def _add(a: Any, b: Any) -> Any:
-    ta = type(a)
-    if ta is type(b) and ta in (str, list, tuple):  # joining bounded inputs; no repetition, so no blow-up
-        return a + b
-    return _numeric_add(a, b)
-
-
-_numeric_add = _numeric("add", operator.add, DECIMAL_CONTEXT.add, operator.add)
-
-
-def _sub(a: Any, b: Any) -> Any:
-    if isinstance(a, (set, frozenset)) and isinstance(b, (set, frozenset)):
-        return frozenset(a - b)
-    return _numeric_sub(a, b)
-
-
-_numeric_sub = _numeric("subtract", operator.sub, DECIMAL_CONTEXT.subtract, operator.sub)
-
-
-def _int_div(a: int, b: int) -> Decimal:
-    return DECIMAL_CONTEXT.divide(Decimal(a), Decimal(b))
-
-
-def _set_op(verb: str, op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
-    def apply(a: Any, b: Any) -> Any:
-        if isinstance(a, (set, frozenset)) and isinstance(b, (set, frozenset)):
-            return frozenset(op(a, b))
-        raise EvalError(f"{verb} needs two sets, got {type_name(a)} and {type_name(b)}")
-
-    return apply
-
-
-_BINARY: dict[type, Callable[[Any, Any], Any]] = {
-    ast.Add: _add,
-    ast.Sub: _sub,
-    ast.Mult: _numeric("multiply", operator.mul, DECIMAL_CONTEXT.multiply, operator.mul),
-    ast.Div: _numeric("divide", _int_div, DECIMAL_CONTEXT.divide, operator.truediv),
-    ast.FloorDiv: _numeric("divide", operator.floordiv, DECIMAL_CONTEXT.divide_int, operator.floordiv),
-    ast.Mod: _numeric("take the remainder of", operator.mod, DECIMAL_CONTEXT.remainder, operator.mod),
-    ast.BitAnd: _set_op("&", operator.and_),
-    ast.BitOr: _set_op("|", operator.or_),
-}
-
-
-def _contains(item: Any, container: Any) -> bool:
-    if isinstance(container, (set, frozenset, list, tuple, str, Mapping)):
-        return item in container
-    raise EvalError(f"'in' needs a set, list, string or object on its right, got {type_name(container)}")
-
-
-_COMPARE: dict[type, Callable[[Any, Any], bool]] = {
-    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
-    ast.Gt: operator.gt, ast.GtE: operator.ge, ast.Is: operator.is_, ast.IsNot: operator.is_not,
-    ast.In: _contains, ast.NotIn: lambda a, b: not _contains(a, b),
-}
 
 # -- the compiler ----------------------------------------------------------------------------------------
 
@@ -338,7 +211,7 @@ class _Compiler:
             if isinstance(op, (ast.Is, ast.IsNot)) and not _is_none(right):
                 raise ExprError("'is' / 'is not' may only compare with None; use == for values")
         first = self.compile(node.left, depth)
-        pairs = [(_COMPARE[type(op)], self.compile(r, depth)) for op, r in zip(node.ops, node.comparators)]
+        pairs = [(COMPARISONS[type(op)], self.compile(r, depth)) for op, r in zip(node.ops, node.comparators)]
         text = self.text(node)
 
         def compare(scope: Any) -> bool:
@@ -396,7 +269,7 @@ class _Compiler:
     def binop(self, node: ast.BinOp, depth: int) -> Getter:
         if isinstance(node.op, ast.Pow):
             return self.power(node, depth)
-        op = _BINARY.get(type(node.op))
+        op = BINARY_OPERATORS.get(type(node.op))
         if op is None:
             raise ExprError(f"operator {type(node.op).__name__} is not allowed (allowed: + - * / // % ** & |)")
         left, right = self.compile(node.left, depth), self.compile(node.right, depth)
@@ -492,151 +365,4 @@ _HANDLERS: dict[type, Callable[[_Compiler, Any, int], Getter]] = {
     ast.UnaryOp: _Compiler.unaryop, ast.BinOp: _Compiler.binop, ast.IfExp: _Compiler.ifexp,
     ast.List: _Compiler.sequence, ast.Tuple: _Compiler.sequence, ast.Set: _Compiler.sequence,
     ast.Call: _Compiler.call,
-}
-
-# -- the functions -----------------------------------------------------------------------------------------
-# Pure, total on their documented inputs, and null-propagating where a nullable column is the usual input.
-
-
-def _fn_decimal(value: Any) -> Decimal | None:
-    if value is None or type(value) is Decimal:
-        return value
-    if type(value) is int:
-        return Decimal(value)
-    if type(value) is float:
-        return Decimal(repr(value))
-    if type(value) is str:
-        try:
-            return Decimal(value.strip())
-        except decimal.InvalidOperation:
-            raise EvalError(f"decimal({value!r}): not a number") from None
-    raise EvalError(f"decimal() cannot convert a {type_name(value)}")
-
-
-def _fn_int(value: Any) -> int | None:
-    if value is None or type(value) is int:
-        return value
-    if type(value) in (Decimal, float):
-        if value != int(value):
-            raise EvalError(f"int({value!r}): not a whole number; use round() first")
-        return int(value)
-    if type(value) is str:
-        try:
-            return int(value.strip())
-        except ValueError:
-            raise EvalError(f"int({value!r}): not a whole number") from None
-    raise EvalError(f"int() cannot convert a {type_name(value)}")
-
-
-def _fn_str(value: Any) -> str | None:
-    if value is None or type(value) is str:
-        return value
-    if type(value) is bool:
-        return "true" if value else "false"
-    if isinstance(value, (int, Decimal, float, UUID)):
-        return str(value)
-    if isinstance(value, (datetime, date, time)):
-        return to_json_value(value)  # as events spell time
-    raise EvalError(f"str() cannot convert a {type_name(value)}")
-
-
-def _fn_bool(value: Any) -> bool | None:
-    if value is None or type(value) is bool:
-        return value
-    if type(value) is int and value in (0, 1):
-        return bool(value)
-    if type(value) is str and value.strip().lower() in _BOOL_WORDS:
-        return _BOOL_WORDS[value.strip().lower()]
-    raise EvalError(f"bool({value!r}): expected true/false, t/f, 1/0")
-
-
-_BOOL_WORDS = {"true": True, "t": True, "1": True, "yes": True, "false": False, "f": False, "0": False, "no": False}
-
-
-def _text(name: str, convert: Callable[[str], str]) -> Callable[[Any], Any]:
-    def apply(value: Any) -> Any:
-        if value is None or type(value) is str:
-            return value if value is None else convert(value)
-        raise EvalError(f"{name}() needs a string, got {type_name(value)}")
-    return apply
-
-
-def _fn_round(value: Any, places: Any = 0) -> Any:
-    if type(places) is not int:
-        raise EvalError(f"round(): the number of places must be an integer, got {type_name(places)}")
-    if value is None:
-        return None
-    if type(value) is Decimal:
-        try:
-            return value.quantize(Decimal(1).scaleb(-places), context=DECIMAL_CONTEXT)
-        except decimal.InvalidOperation:
-            raise EvalError(f"round({value}, {places}): too many digits") from None
-    if type(value) in (int, float):
-        return round(value, places)
-    raise EvalError(f"round() needs a number, got {type_name(value)}")
-
-
-def _fn_len(value: Any) -> int:
-    if isinstance(value, (str, list, tuple, set, frozenset, Mapping)):
-        return len(value)
-    raise EvalError(f"len() needs a string, list, set or object, got {type_name(value)}")
-
-
-def _items(name: str, values: Any) -> list[Any]:
-    if not isinstance(values, (list, tuple, set, frozenset)):
-        raise EvalError(f"{name}() needs a list, got {type_name(values)}")
-    return list(values)
-
-
-def _fn_sum(values: Any) -> Any:
-    total: Any = 0
-    for value in _items("sum", values):
-        total = _numeric_add(total, value)
-    return total
-
-
-def _extreme(name: str, pick: Callable[..., Any]) -> Callable[..., Any]:
-    def apply(*values: Any) -> Any:
-        candidates = _items(name, values[0]) if len(values) == 1 else list(values)
-        if not candidates:
-            raise EvalError(f"{name}() of an empty list")
-        try:
-            return pick(candidates)
-        except TypeError:
-            kinds = ", ".join(sorted({type_name(v) for v in candidates}))
-            raise EvalError(f"{name}(): cannot compare {kinds}") from None
-    return apply
-
-
-def _fn_abs(value: Any) -> Any:
-    if type(value) is Decimal:
-        return DECIMAL_CONTEXT.abs(value)
-    if type(value) in (int, float):
-        return abs(value)
-    raise EvalError(f"abs() needs a number, got {type_name(value)}")
-
-
-def _fn_get(obj: Any, key: Any, default: Any = None) -> Any:
-    if obj is None:
-        return default
-    if not isinstance(obj, Mapping):
-        raise EvalError(f"get() needs an object, got {type_name(obj)}")
-    value = obj.get(key, default)
-    if value is UNKNOWN:
-        raise UnknownValue(f"get(..., {key!r})")
-    return value
-
-
-def _never(value: Any) -> Any:  # known() and coalesce() are compiled specially
-    raise AssertionError("unreachable")
-
-
-#: name -> (implementation, fewest arguments, most arguments)
-FUNCTIONS: dict[str, tuple[Callable[..., Any], int, int]] = {
-    "decimal": (_fn_decimal, 1, 1), "int": (_fn_int, 1, 1), "str": (_fn_str, 1, 1), "bool": (_fn_bool, 1, 1),
-    "lower": (_text("lower", str.lower), 1, 1), "upper": (_text("upper", str.upper), 1, 1),
-    "strip": (_text("strip", str.strip), 1, 1), "round": (_fn_round, 1, 2), "coalesce": (_never, 1, 16),
-    "len": (_fn_len, 1, 1), "sum": (_fn_sum, 1, 1), "min": (_extreme("min", min), 1, 16),
-    "max": (_extreme("max", max), 1, 16), "abs": (_fn_abs, 1, 1), "get": (_fn_get, 2, 3),
-    "known": (_never, 1, 1),
 }

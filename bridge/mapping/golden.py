@@ -42,9 +42,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from bridge.changes import UNKNOWN, Op, RowChange, SourcePosition, Transaction
 from bridge.errors import MappingError
 from bridge.events import to_json_value
-from bridge.mapping.loader import YamlDocument, field_path, load_mappings, read_yaml
-from bridge.mapping.spec import CompiledMappings, shape_problems
+from bridge.mapping.compiled import CompiledMappings
+from bridge.mapping.loader import load_mappings
+from bridge.mapping.spec import shape_problems
 from bridge.mapping.translate import InMemoryPriorRows, TranslationResult, translate
+from bridge.mapping.yaml_lines import YamlDocument, field_path, read_yaml
 
 _BASE_TIME = datetime(2024, 1, 1, 12, 0, tzinfo=timezone.utc)
 

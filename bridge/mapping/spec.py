@@ -1,7 +1,7 @@
-"""The models of a mapping file: its declared shape (pydantic), and the compiled form translate() runs.
+"""The models of a mapping file: its declared shape (pydantic), the problems pydantic finds, and column types.
 
-The pydantic half describes the file only; expressions stay strings there and the loader compiles them
-into closures, collected in the CompiledRule/CompiledMappings of the second half.
+The models describe the file only; expressions stay strings here and the rule compiler (compile.py)
+compiles them into closures, collected in the CompiledRule/CompiledMappings of compiled.py.
 
 A mapping file::
 
@@ -30,9 +30,8 @@ import keyword
 import re
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Annotated, Any, Final, Literal, Union
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     AfterValidator,
@@ -46,7 +45,13 @@ from pydantic import (
     model_validator,
 )
 
-from bridge.changes import Op
+from bridge.mapping.compiled import CompiledMappings
+
+# The compiled form is in compiled.py; CompiledMappings is re-exported for code importing it from here.
+__all__ = [
+    "TYPE_EXAMPLES", "AggregateSpec", "CollectSpec", "CompiledMappings", "EmitSpec", "FieldObject", "FieldSpec",
+    "MappingFileSpec", "RuleSpec", "TableSpec", "canonical_pg_type", "shape_problems",
+]
 
 OpLetter = Literal["r", "c", "u", "d", "t"]
 ErrorPolicy = Literal["dead_letter", "stop"]
@@ -327,124 +332,3 @@ def canonical_pg_type(declared: str) -> str:
     elif args:
         name = f"{name}({','.join(args)})"
     return name + ("[]" if match.group("array") else "")  # PostgreSQL keeps no array dimensions either
-
-# -- the compiled form: what the loader builds from the models above and translate() runs -----------------
-
-#: table -> column -> PostgreSQL type (canonical spelling), as declared by the mapping files.
-DeclaredTypes = Mapping[str, Mapping[str, str]]
-Getter = Callable[[Any], Any]
-OMIT: Final = object()  # an optional field whose value was unknown: leave it out of the payload
-
-
-class Scope:
-    """What one rule's closures read while translating one change: the change context, the rule's lazily
-    computed `let` values, and the current `row` (inside collect) and `item` (inside `each`)."""
-
-    __slots__ = ("ctx", "item", "let_fns", "lets", "row")
-
-    def __init__(self, ctx: Any, let_fns: Mapping[str, Getter]) -> None:
-        self.ctx, self.let_fns = ctx, let_fns
-        self.lets: dict[str, Any] | None = None
-        self.row: Any = None
-        self.item: Any = None
-
-    def let(self, name: str) -> Any:
-        lets = self.lets
-        if lets is None:
-            lets = self.lets = {}
-        elif name in lets:
-            return lets[name]
-        value = lets[name] = self.let_fns[name](self)
-        return value
-
-
-@dataclass(frozen=True, slots=True)
-class CompiledField:
-    name: str
-    evaluate: Getter  # guarded: raises TranslationError naming rule and field, or returns OMIT
-    when: Getter | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class CompiledEmit:
-    event: str
-    major: int
-    type: str  # <namespace>.<aggregate type>.<Event>.v<major>
-    aggregate_type: str
-    aggregate_id: Getter
-    fields: tuple[CompiledField, ...]
-    when: Getter | None = None
-    each: Getter | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class CompiledRule:
-    id: str
-    origin: str  # file:line, for reports
-    namespace: str
-    schema: str
-    table: str
-    ops: frozenset[Op]
-    ignore: bool
-    on_error: str
-    when: Getter | None
-    lets: Mapping[str, Getter]
-    emits: tuple[CompiledEmit, ...]
-    reads_before: bool  # reads `before` or `changed` on an update or delete: needs the old row
-
-    @property
-    def qualified_table(self) -> str:
-        return f"{self.schema}.{self.table}"
-
-
-class CompiledMappings:
-    """Every rule of one or more mapping files, indexed by (schema, table, op) for translate()."""
-
-    def __init__(self, rules: Sequence[CompiledRule], *, files: Sequence[str] = (),
-                 declared_types: DeclaredTypes | None = None, keys: Mapping[str, tuple[str, ...]] | None = None,
-                 schemas: Mapping[str, str] | None = None) -> None:
-        self.rules = tuple(rules)
-        self.files = tuple(files)
-        self._declared: DeclaredTypes = declared_types or {}
-        self.keys: Mapping[str, tuple[str, ...]] = keys or {}  # table -> primary-key columns
-        self.schemas: Mapping[str, str] = schemas or {}  # table -> schema
-        index: dict[tuple[str, str, Op], tuple[list[CompiledRule], list[CompiledRule]]] = {}
-        for rule in self.rules:
-            for op in rule.ops:
-                ignores, emitters = index.setdefault((rule.schema, rule.table, op), ([], []))
-                (ignores if rule.ignore else emitters).append(rule)
-        self.index = {k: (tuple(ignores), tuple(emitters)) for k, (ignores, emitters) in index.items()}
-        self.overlay_tables = frozenset((r.schema, r.table) for r in self.rules if r.reads_before)
-        self._column_counts = {table: len(columns) for table, columns in self._declared.items()}
-
-    def declared_types(self) -> DeclaredTypes:
-        """table -> column -> PostgreSQL type, for decoding schemaless Debezium JSON exactly."""
-        return self._declared
-
-    def column_count(self, table: str) -> int | None:
-        return self._column_counts.get(table)
-
-    def needs_before(self) -> dict[str, tuple[str, ...]]:
-        """table -> ids of the rules reading old values (`before`, `changed`) of its updates or deletes.
-
-        Such a table needs REPLICA IDENTITY FULL or the prior-row store (see loader.replica_identity_problems).
-        """
-        needs: dict[str, list[str]] = {}
-        for rule in self.rules:
-            if rule.reads_before:
-                needs.setdefault(rule.table, []).append(rule.id)
-        return {table: tuple(ids) for table, ids in needs.items()}
-
-    def tables(self) -> list[str]:
-        """The tables rules read (plain names; each rule's schema is in rule.schema)."""
-        return sorted({rule.table for rule in self.rules})
-
-    def event_types(self) -> list[str]:
-        return sorted({emit.type for rule in self.rules for emit in rule.emits})
-
-    def aggregates(self) -> list[tuple[str, str]]:
-        """(namespace, aggregate type) of every event the rules can emit: the sink's topics."""
-        return sorted({(emit.type.rsplit(".", 3)[0], emit.aggregate_type) for rule in self.rules for emit in rule.emits})
-
-    def rule_count(self) -> int:
-        return len(self.rules)

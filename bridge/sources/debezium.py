@@ -6,10 +6,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from dataclasses import dataclass
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.errors import KafkaError
 
 from bridge.changes import SourcePosition
@@ -18,7 +20,7 @@ from bridge.ports import SourceUnit
 from bridge.settings import DebeziumSource
 from bridge.sources.debezium_records import DecodeOptions, Heartbeat, Tombstone, decode_record
 from bridge.sources.offsets import OffsetTracker
-from bridge.sources.transactions import TransactionAssembler
+from bridge.sources.transactions import AssembledTransaction, RecordRef, TransactionAssembler
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +51,8 @@ class DebeziumKafkaSource:
             placeholder=settings.unavailable_value_placeholder,
             replica_identity_full=settings.full_identity_tables(),
         )
-        self._tracker = OffsetTracker()
-        self._assembler = TransactionAssembler(max_wait_s=settings.transaction_wait_s)
+        self._session = _Session(settings.transaction_wait_s)
         self._last_safe: SourcePosition | None = None
-        # Released transactions in release (commit) order, each [transaction, done?]: the done prefix is safe.
-        self._released: deque[list[Any]] = deque()
         try:
             self._consumer = KafkaConsumer(
                 bootstrap_servers=settings.bootstrap_servers.split(","),
@@ -65,6 +64,12 @@ class DebeziumKafkaSource:
                 fetch_max_bytes=64 * 1024 * 1024,
                 max_partition_fetch_bytes=16 * 1024 * 1024,
                 client_id="cdc-bridge",
+                # Eager rebalancing: a rebalance revokes every partition and resumes each from its committed
+                # offset, which is what lets `partitions_revoked` start assembly afresh safely.
+                partition_assignment_strategy=(RangePartitionAssignor,),
+                # Static membership: a restarted bridge takes its partitions back at once instead of
+                # waiting out the dead instance's session; a second instance with the same id is fenced.
+                group_instance_id=settings.group_instance_id,
             )
         except KafkaError as exc:  # kafka-python 3 raises KafkaTimeoutError when bootstrap fails
             raise ServiceUnavailable(
@@ -86,38 +91,38 @@ class DebeziumKafkaSource:
         for tp, records in batches.items():
             for record in records:
                 units.extend(self._take(tp, record, now))
-        self._assembler.check_stalled(now)
+        self._session.assembler.check_stalled(now)
         return units
 
     def _take(self, tp: TopicPartition, record: Any, now: float) -> list[SourceUnit]:
         ref = (tp, record.offset)
-        self._tracker.consumed(tp, record.offset)
+        session = self._session
+        session.tracker.consumed(tp, record.offset)
         try:
             decoded = decode_record(tp.topic, tp.partition, record.offset, record.key, record.value,
                                     record.headers or [], options=self._options)
         except DecodeError as exc:
-            return [SourceUnit(None, [ref], error=exc, raw=_raw(tp, record))]
+            return [SourceUnit(None, _Released(session, (ref,)), error=exc, raw=_raw(tp, record))]
         if isinstance(decoded, (Heartbeat, Tombstone)):
-            self._tracker.done([ref])
+            session.tracker.done([ref])
             return []
-        assembled = self._assembler.add(ref, decoded, now)
         units = []
-        for item in assembled:
-            entry = [item, False]
-            self._released.append(entry)
-            units.append(SourceUnit(item.transaction, entry))
+        for item in session.assembler.add(ref, decoded, now):
+            handle = _Released(session, item.records, item)
+            session.released.append(handle)
+            units.append(SourceUnit(item.transaction, handle))
         return units
 
     def done(self, unit: SourceUnit) -> None:
-        if unit.transaction is None:
-            self._tracker.done(unit.handle)
-            return
-        entry = unit.handle
-        entry[1] = True
-        self._tracker.done(entry[0].records)
+        handle: _Released = unit.handle
+        if handle.session is not self._session:
+            return  # from before a rebalance: its records are being read again
+        handle.done = True
+        self._session.tracker.done(handle.records)
 
     def commit(self) -> SourcePosition | None:
-        offsets = self._tracker.committable()
+        session = self._session
+        offsets = session.tracker.committable()
         if offsets:
             try:
                 from kafka.structs import OffsetAndMetadata
@@ -126,9 +131,8 @@ class DebeziumKafkaSource:
             except KafkaError as exc:
                 raise ServiceUnavailable(f"committing Debezium offsets failed: {exc}") from exc
         # Everything released and done, in commit order, is safe: no replay can reach before it.
-        while self._released and self._released[0][1]:
-            item, _ = self._released.popleft()
-            changes = item.transaction.changes
+        while session.released and session.released[0].done:
+            changes = session.released.popleft().transaction.changes
             if changes:
                 self._last_safe = max(c.position for c in changes)
         return self._last_safe
@@ -138,12 +142,33 @@ class DebeziumKafkaSource:
         # Transactions span partitions, so a revocation restarts assembly: whatever was not committed is
         # read again (same event ids) by whoever owns the partitions next. The daemon commits on a
         # graceful stop before closing, so a plain shutdown repeats nothing.
-        self._tracker.forget(revoked)
-        self._assembler = TransactionAssembler(max_wait_s=self._settings.transaction_wait_s)
-        self._released.clear()
+        if revoked:
+            self._session = _Session(self._settings.transaction_wait_s)
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)
+
+
+class _Session:
+    """Reading state between two rebalances. Handles from an older session are ignored."""
+
+    def __init__(self, transaction_wait_s: float) -> None:
+        self.tracker = OffsetTracker()
+        self.assembler = TransactionAssembler(max_wait_s=transaction_wait_s)
+        self.released: deque[_Released] = deque()  # in release (commit) order; a done prefix is safe
+
+
+@dataclass(slots=True)
+class _Released:
+    session: _Session
+    records: tuple[RecordRef, ...]
+    item: AssembledTransaction | None = None
+    done: bool = False
+
+    @property
+    def transaction(self):  # noqa: ANN201
+        assert self.item is not None
+        return self.item.transaction
 
 
 def _raw(tp: TopicPartition, record: Any) -> dict[str, Any]:

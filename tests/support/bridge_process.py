@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,8 +56,8 @@ class BridgeProcess:
 
 def group_lag(bootstrap_servers: str, group_id: str, topics: list[str]) -> int:
     """Records in `topics` that the group has not committed past (unknown topics count as empty)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False)
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    # A consumer in the group that never subscribes: it can fetch committed offsets without joining.
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=group_id, enable_auto_commit=False)
     try:
         existing = consumer.topics()
         partitions = [TopicPartition(t, p) for t in topics if t in existing
@@ -65,11 +65,9 @@ def group_lag(bootstrap_servers: str, group_id: str, topics: list[str]) -> int:
         if not partitions:
             return 0
         end = consumer.end_offsets(partitions)
-        committed = admin.list_consumer_group_offsets(group_id)
-        return sum(end[tp] - (committed[tp].offset if tp in committed else 0) for tp in partitions)
+        return sum(end[tp] - (consumer.committed(tp) or 0) for tp in partitions)
     finally:
-        consumer.close()
-        admin.close()
+        consumer.close(autocommit=False)
 
 
 def wait_caught_up(bridge: BridgeProcess, bootstrap_servers: str, group_id: str, topics: list[str],

@@ -9,6 +9,8 @@ its per-aggregate state must equal the rows the database ends with.
 
 from __future__ import annotations
 
+import json
+
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -23,6 +25,7 @@ from bridge.mapping.translate import InMemoryPriorRows, translate
 from legacy_db import actions as a
 from legacy_db.planner import plan
 from legacy_db.tables import metadata
+from tests.support.restaurant_fold import FoldingConsumer, legacy_state
 
 RESTAURANT = Path(__file__).resolve().parents[2] / "mappings" / "restaurant.yaml"
 TOAST_THRESHOLD = 2000  # characters: longer descriptions are stored out of line (STORAGE EXTERNAL)
@@ -195,83 +198,6 @@ class LegacyDatabase:
         self.update(x.table, self.handles[kind][x.handle], updated_on=self.local_now())
 
 
-class FoldingConsumer:
-    """What a new service does with the events: fold them into per-aggregate state."""
-
-    def __init__(self) -> None:
-        self.customers: dict[int, dict[str, Any]] = {}
-        self.menu_items: dict[int, dict[str, Any]] = {}
-        self.orders: dict[int, dict[str, Any]] = {}
-
-    def apply(self, event_type: str, d: dict[str, Any]) -> None:
-        name = event_type.split(".")[2]
-        if name == "CustomerSignedUp":
-            self.customers[d["customerId"]] = {"email": d["email"], "name": d["fullName"], "active": True, "addresses": {}}
-        elif name in ("CustomerDeactivated", "CustomerReactivated"):
-            self.customers[d["customerId"]]["active"] = name == "CustomerReactivated"
-        elif name == "AddressAdded":
-            self.customers[d["customerId"]]["addresses"][d["addressId"]] = {
-                "street": d["street"], "city": d["city"], "country": d["country"], "default": d["isDefault"]}
-        elif name == "AddressDefaultChanged":
-            self.customers[d["customerId"]]["addresses"][d["addressId"]]["default"] = d["isDefault"]
-        elif name == "MenuItemAdded":
-            self.menu_items[d["menuItemId"]] = {"name": d["name"], "description": d["description"], "price": d["price"],
-                                                "category": d["category"], "tags": d["tags"], "available": True,
-                                                "removed": False}
-        elif name == "MenuItemModified":
-            item = self.menu_items[d["menuItemId"]]
-            item.update({k: d[k] for k in ("name", "description", "category", "tags") if k in d})
-        elif name == "MenuItemPriceChanged":
-            assert self.menu_items[d["menuItemId"]]["price"] == d["oldPrice"]
-            self.menu_items[d["menuItemId"]]["price"] = d["newPrice"]
-        elif name in ("MenuItemWithdrawn", "MenuItemMadeAvailable"):
-            self.menu_items[d["menuItemId"]]["available"] = name == "MenuItemMadeAvailable"
-        elif name == "MenuItemRemoved":
-            self.menu_items[d["menuItemId"]]["removed"] = True
-        elif name == "OrderOpened":
-            self.orders[d["id"]] = {"status": "OPEN", "customer": d["customerId"], "address": None, "lines": {}}
-        elif name == "DeliveryAddressAddedToOrder":
-            self.orders[d["orderId"]]["address"] = d["addressId"]
-        elif name == "ItemAddedToOrder":
-            self.orders[d["orderId"]]["lines"][d["orderItemId"]] = (d["menuItemId"], d["price"], d["quantity"])
-        elif name == "ItemQuantityChanged":
-            menu_item, price, old = self.orders[d["orderId"]]["lines"][d["orderItemId"]]
-            assert old == d["oldQuantity"]
-            self.orders[d["orderId"]]["lines"][d["orderItemId"]] = (menu_item, price, d["quantity"])
-        elif name == "ItemRemovedFromOrder":
-            del self.orders[d["orderId"]]["lines"][d["orderItemId"]]
-        elif name == "OrderPlaced":
-            order = self.orders[d["orderId"]]
-            order["status"] = "PLACED"
-            if "lines" in d:  # a checkout: the lines announced in the same transaction
-                assert {line["orderItemId"]: (line["menuItemId"], line["price"], line["quantity"])
-                        for line in d["lines"]} == order["lines"]
-                assert d["total"] == sum((p * q for _, p, q in order["lines"].values()), Decimal(0))
-        elif name == "OrderCanceled":
-            self.orders[d["orderId"]]["status"] = "CANCELLED"
-        elif name == "OrderDeleted":
-            del self.orders[d["orderId"]]
-        else:
-            raise AssertionError(f"unexpected event {event_type}")
-
-
-def _legacy_state(db: LegacyDatabase, removed_items: set[int]) -> tuple[dict, dict, dict]:
-    rows = db.rows
-    customers = {cid: {"email": c["email"], "name": c["full_name"], "active": not c["is_deleted"],
-                       "addresses": {aid: {"street": ad["street"], "city": ad["city"], "country": ad["country"],
-                                           "default": ad["is_default"]}
-                                     for aid, ad in rows["customer_addresses"].items() if ad["customer_id"] == cid}}
-                 for cid, c in rows["customers"].items()}
-    items = {mid: {"name": m["name"], "description": m["description"], "price": m["price"],
-                   "category": m["category"], "tags": m["tags"], "available": m["is_available"], "removed": False}
-             for mid, m in rows["menu_items"].items()}
-    orders = {oid: {"status": o["status"], "customer": o["customer_id"], "address": o["delivery_address_id"],
-                    "lines": {lid: (li["menu_item_id"], li["unit_price"], li["quantity"])
-                              for lid, li in rows["order_items"].items() if li["order_id"] == oid}}
-              for oid, o in rows["orders"].items()}
-    return customers, items, orders
-
-
 @pytest.fixture(scope="module")
 def restaurant():
     return load_mappings([RESTAURANT])
@@ -290,11 +216,11 @@ def test_folding_the_events_rebuilds_the_legacy_rows(restaurant, seed: int) -> N
         assert not result.unmatched, (action, result.unmatched)
         ignored.update(result.ignored)
         for event in result.events:
-            consumer.apply(event.type, dict(event.data))
+            consumer.apply(event.type, json.loads(event.value()))  # the bytes a consumer would read
     removed = {mid for mid, item in consumer.menu_items.items() if item["removed"]}
-    customers, items, orders = _legacy_state(db, removed)
+    customers, items, orders = legacy_state(db.rows)
     assert consumer.customers == customers
-    assert {k: v for k, v in consumer.menu_items.items() if not v["removed"]} == items
+    assert consumer.live_menu_items() == items
     assert removed == set(range(1, db.next_id["menu_items"] + 1)) - set(items)
     assert consumer.orders == orders
     deleted_lines = sum(len(x.lines) for x in actions if isinstance(x, a.OrderDeleted))
