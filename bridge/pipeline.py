@@ -25,6 +25,9 @@ from bridge.state import PriorRowStore
 log = logging.getLogger("bridge.pipeline")
 
 
+STARTUP_GRACE_S = 30.0
+
+
 class PipelineStopped(BridgeError):
     """A change could not be handled and its policy is `stop`: nothing after it was acknowledged."""
 
@@ -65,9 +68,13 @@ class Pipeline:
         self._next_id = 0
 
     def run(self, stop: threading.Event, *, idle_exit_s: float | None = None) -> None:
-        """Run until `stop` is set (or, for batch use, until the source has been idle `idle_exit_s`)."""
-        last_commit = time.monotonic()
-        last_activity = time.monotonic()
+        """Run until `stop` is set, or, for batch use, until the source has been idle `idle_exit_s`.
+
+        The idle clock starts with the first change (joining the consumer group takes a moment), or
+        after STARTUP_GRACE_S when nothing at all arrives.
+        """
+        started = last_commit = time.monotonic()
+        last_activity: float | None = None
         try:
             while not stop.is_set():
                 self._collect(block=False)
@@ -84,7 +91,8 @@ class Pipeline:
                 if now - last_commit >= self.commit_interval_s:
                     self._checkpoint()
                     last_commit = now
-                if idle_exit_s is not None and now - last_activity >= idle_exit_s:
+                idle_since = last_activity if last_activity is not None else started + STARTUP_GRACE_S
+                if idle_exit_s is not None and now - idle_since >= idle_exit_s:
                     break
             self.drain()
         except BaseException:

@@ -6,19 +6,20 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
 
-from bridge.changes import SourcePosition
+from bridge.changes import SourcePosition, Transaction
 from bridge.errors import DecodeError, ServiceUnavailable
 from bridge.ports import SourceUnit
 from bridge.settings import DebeziumSource
-from bridge.sources.debezium_records import DecodeOptions, Heartbeat, Tombstone, decode_record
+from bridge.sources.debezium_records import ChangeRecord, DecodeOptions, Heartbeat, Tombstone, decode_record
 from bridge.sources.offsets import OffsetTracker
 from bridge.sources.transactions import AssembledTransaction, RecordRef, TransactionAssembler
 
@@ -61,8 +62,6 @@ class DebeziumKafkaSource:
                 auto_offset_reset="earliest",
                 max_poll_records=settings.poll_max_records,
                 metadata_max_age_ms=5000,  # notice topics Debezium creates after we start
-                fetch_max_bytes=64 * 1024 * 1024,
-                max_partition_fetch_bytes=16 * 1024 * 1024,
                 client_id="cdc-bridge",
                 # Eager rebalancing: a rebalance revokes every partition and resumes each from its committed
                 # offset, which is what lets `partitions_revoked` start assembly afresh safely.
@@ -106,6 +105,9 @@ class DebeziumKafkaSource:
         if isinstance(decoded, (Heartbeat, Tombstone)):
             session.tracker.done([ref])
             return []
+        if isinstance(decoded, ChangeRecord) and decoded.undeclared_columns:
+            return [SourceUnit(None, _Released(session, (ref,)), error=_undeclared(tp, record, decoded),
+                               raw=_raw(tp, record))]
         units = []
         for item in session.assembler.add(ref, decoded, now):
             handle = _Released(session, item.records, item)
@@ -125,13 +127,13 @@ class DebeziumKafkaSource:
         offsets = session.tracker.committable()
         if offsets:
             try:
-                from kafka.structs import OffsetAndMetadata
-
                 self._consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()})
             except KafkaError as exc:
                 raise ServiceUnavailable(f"committing Debezium offsets failed: {exc}") from exc
-        # Everything released and done, in commit order, is safe: no replay can reach before it.
-        while session.released and session.released[0].done:
+        # A done transaction whose records all lie below the committed offsets can never be replayed:
+        # the prefix of those (in commit order) bounds what the prior-row store may forget.
+        while session.released and session.released[0].done and all(
+                offset < offsets.get(tp, -1) for tp, offset in session.released[0].records):
             changes = session.released.popleft().transaction.changes
             if changes:
                 self._last_safe = max(c.position for c in changes)
@@ -166,9 +168,20 @@ class _Released:
     done: bool = False
 
     @property
-    def transaction(self):  # noqa: ANN201
-        assert self.item is not None
+    def transaction(self) -> Transaction:
+        assert self.item is not None, "only released transactions are kept in Session.released"
         return self.item.transaction
+
+
+def _undeclared(tp: TopicPartition, record: Any, decoded: ChangeRecord) -> DecodeError:
+    """Schemaless JSON loses how a column was encoded (a base64 decimal has no scale): never guess."""
+    columns = ", ".join(sorted(decoded.undeclared_columns))
+    return DecodeError(
+        f"topic {tp.topic!r} (partition {tp.partition}, offset {record.offset}) arrived without a schema "
+        f"(value.converter.schemas.enable=false) and column(s) {columns} of {decoded.schema}.{decoded.table} have "
+        "no declared type, so their values cannot be decoded exactly. Fix: declare them in the mapping under "
+        f"tables.{decoded.table}.columns (e.g. price: numeric(10,2)), or set value.converter.schemas.enable=true "
+        "on the connector")
 
 
 def _raw(tp: TopicPartition, record: Any) -> dict[str, Any]:

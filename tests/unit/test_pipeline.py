@@ -1,0 +1,171 @@
+"""The pipeline's promises, with an in-memory source and sink (pure logic; the real ones run in e2e):
+a unit is done only when every event from it is acknowledged, failures dead-letter or stop, and a
+failed delivery never lets the source move past the change."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.changes import Op, RowChange, SourcePosition, Transaction
+from bridge.daemon import preflight
+from bridge.errors import DecodeError, DeliveryError, MappingError
+from bridge.mapping.loader import load_mappings
+from bridge.pipeline import Pipeline, PipelineStopped
+from bridge.ports import SourceUnit
+from bridge.settings import Settings
+
+T = datetime(2026, 3, 1, tzinfo=timezone.utc)
+MAPPING = """
+version: 1
+namespace: shop
+on_error: {policy}
+rules:
+  - id: orders.opened
+    table: orders
+    ops: [c]
+    emit:
+      - event: OrderOpened
+        aggregate: {{type: order, id: after.id}}
+        data: {{id: after.id, total: after.total * 2}}
+      - event: OrderAudited
+        aggregate: {{type: audit, id: after.id}}
+        data: {{id: after.id}}
+"""
+
+
+class FakeSource:
+    def __init__(self, units: list[SourceUnit]) -> None:
+        self.pending = list(units)
+        self.done_units: list[SourceUnit] = []
+        self.commits = 0
+
+    def poll(self, timeout_s: float) -> list[SourceUnit]:
+        units, self.pending = self.pending[:1], self.pending[1:]
+        return units
+
+    def done(self, unit: SourceUnit) -> None:
+        self.done_units.append(unit)
+
+    def commit(self) -> SourcePosition | None:
+        self.commits += 1
+        return None
+
+    def close(self) -> None: ...
+
+
+class FakeSink:
+    """Holds deliveries until the test acknowledges them (from another thread, like a real producer)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.sent: list[tuple[str, Any]] = []
+        self.callbacks: list[Any] = []
+        self.fail = fail
+
+    def publish(self, event: Any, on_delivery: Any) -> None:
+        self.sent.append(("event", event))
+        self.callbacks.append(on_delivery)
+
+    def publish_dead_letter(self, record: dict, key: bytes | None, on_delivery: Any) -> None:
+        self.sent.append(("dead_letter", record))
+        self.callbacks.append(on_delivery)
+
+    def ack_all(self) -> None:
+        callbacks, self.callbacks = self.callbacks, []
+        for callback in callbacks:
+            threading.Thread(target=callback, args=(DeliveryError("broker said no") if self.fail else None,)).start()
+
+    def flush(self, timeout_s: float) -> None:
+        self.ack_all()
+
+    def close(self) -> None: ...
+
+
+def _unit(order_id: int, total: Any, lsn: int) -> SourceUnit:
+    change = RowChange(op=Op.CREATE, schema="public", table="orders", key={"id": order_id}, before=None,
+                       after={"id": order_id, "total": total}, position=SourcePosition(lsn + 8, lsn, 0),
+                       commit_time=T, xid=lsn)
+    return SourceUnit(Transaction(xid=lsn, commit_lsn=lsn + 8, commit_time=T, changes=(change,)), handle=order_id)
+
+
+def _pipeline(tmp_path: Path, units: list[SourceUnit], policy: str = "dead_letter", fail: bool = False):
+    mapping = tmp_path / "shop.yaml"
+    mapping.write_text(MAPPING.format(policy=policy))
+    source, sink = FakeSource(units), FakeSink(fail)
+    pipeline = Pipeline(source, sink, load_mappings([mapping]), source_id="test", prior_rows=None,
+                        commit_interval_s=0.01)
+    return pipeline, source, sink
+
+
+def test_a_unit_is_done_only_after_every_event_from_it_is_acknowledged(tmp_path: Path) -> None:
+    from decimal import Decimal
+
+    pipeline, source, sink = _pipeline(tmp_path, [_unit(1, Decimal("5.00"), 100), _unit(2, Decimal("1.50"), 200)])
+    for unit in source.pending[:]:
+        pipeline._handle(source.poll(0)[0])
+    assert len(sink.sent) == 4 and source.done_units == []  # sent, not yet acknowledged
+    sink.ack_all()
+    pipeline._collect(block=True, timeout_s=2)
+    while len(source.done_units) < 2:
+        pipeline._collect(block=True, timeout_s=2)
+    assert [u.handle for u in source.done_units] == [1, 2]
+    assert [event.data for kind, event in sink.sent if kind == "event"][0] == {"id": 1, "total": Decimal("10.00")}
+
+
+def test_a_failing_rule_dead_letters_the_change_and_the_rest_goes_on(tmp_path: Path) -> None:
+    from decimal import Decimal
+
+    pipeline, source, sink = _pipeline(tmp_path, [_unit(1, "not a number", 100), _unit(2, Decimal("2"), 200)])
+    stop = threading.Event()
+    threading.Timer(0.5, lambda: (sink.ack_all(), stop.set())).start()
+    pipeline.run(stop)
+    kinds = [kind for kind, _ in sink.sent]
+    # A rule is atomic per change: none of its events for order 1 go out, both of order 2's do.
+    assert kinds.count("dead_letter") == 1 and kinds.count("event") == 2
+    letter = next(record for kind, record in sink.sent if kind == "dead_letter")
+    assert letter["rule"] == "orders.opened" and "total" in letter["error"]
+    assert letter["change"]["after"] == {"id": 1, "total": "not a number"}
+    assert {u.handle for u in source.done_units} == {1, 2}
+    assert pipeline.stats.dead_letters == 1
+
+
+def test_policy_stop_stops_at_the_change_and_acknowledges_nothing_after_it(tmp_path: Path) -> None:
+    pipeline, source, sink = _pipeline(tmp_path, [_unit(1, "bad", 100), _unit(2, 3, 200)], policy="stop")
+    with pytest.raises(PipelineStopped, match=r"rule 'orders.opened' failed on public.orders .*Policy is 'stop'"):
+        pipeline.run(threading.Event())
+    assert source.done_units == [] and len(source.pending) == 1
+
+
+def test_a_failed_delivery_stops_the_pipeline_without_marking_the_change_done(tmp_path: Path) -> None:
+    pipeline, source, sink = _pipeline(tmp_path, [_unit(1, 1, 100)], fail=True)
+    stop = threading.Event()
+    threading.Timer(0.3, sink.ack_all).start()
+    with pytest.raises(DeliveryError, match="broker said no"):
+        pipeline.run(stop)
+    assert source.done_units == []
+
+
+def test_an_undecodable_record_is_dead_lettered_byte_for_byte(tmp_path: Path) -> None:
+    raw = {"topic": "legacy.public.orders", "partition": 0, "offset": 7, "key": None, "value": "{not json"}
+    bad = SourceUnit(None, handle="bad", error=DecodeError("cannot decode ..."), raw=raw)
+    pipeline, source, sink = _pipeline(tmp_path, [bad])
+    stop = threading.Event()
+    threading.Timer(0.3, lambda: (sink.ack_all(), stop.set())).start()
+    pipeline.run(stop)
+    [(kind, record)] = sink.sent
+    assert kind == "dead_letter" and record["record"] == raw and record["kind"] == "undecodable"
+    assert [u.handle for u in source.done_units] == ["bad"]
+
+
+def test_the_daemon_refuses_to_start_without_a_way_to_get_old_rows(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    settings = Settings(mappings=[repo / "mappings" / "restaurant.yaml"], state={"path": None})
+    with pytest.raises(MappingError) as error:
+        preflight(settings)
+    message = str(error.value)
+    assert "table public.orders (rules" in message and "orders.placed" in message
+    assert "ALTER TABLE public.menu_items REPLICA IDENTITY FULL" in message
