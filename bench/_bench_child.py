@@ -1,0 +1,80 @@
+"""One timed run for bench/debezium_bridge.py, in a fresh process so peak RSS is its own.
+
+    passthrough: consume every record and produce it unchanged (same client settings as the bridge)
+    bridge:      the real pipeline (decode, assemble transactions, translate, publish, commit)
+
+Prints one JSON line: seconds (start to last acknowledged delivery), max_rss_mb, and counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def passthrough(args: argparse.Namespace) -> dict:
+    from kafka import KafkaConsumer, KafkaProducer
+
+    started = time.monotonic()
+    consumer = KafkaConsumer(*args.topics.split(","), bootstrap_servers=args.bootstrap, group_id=args.group,
+                             enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=2000)
+    producer = KafkaProducer(bootstrap_servers=args.bootstrap, acks="all", enable_idempotence=True,
+                             max_in_flight_requests_per_connection=5, linger_ms=5, batch_size=256 * 1024)
+    seen = 0
+    while seen < args.records:
+        for records in consumer.poll(timeout_ms=200, max_records=2000).values():
+            for record in records:
+                producer.send(args.out, key=record.key, value=record.value, headers=record.headers or [])
+            seen += len(records)
+    producer.flush()
+    consumer.commit()
+    seconds = time.monotonic() - started
+    consumer.close()
+    producer.close()
+    return {"seconds": seconds, "records": seen}
+
+
+def bridge(args: argparse.Namespace) -> dict:
+    from bridge.daemon import run_daemon
+    from bridge.settings import Settings
+
+    prefix = args.prefix
+    settings = Settings(
+        source_id="bench",
+        mappings=[REPO / "mappings" / "restaurant.yaml"],
+        source={"bootstrap_servers": args.bootstrap, "topic_prefix": prefix, "group_id": args.group},
+        sink={"bootstrap_servers": args.bootstrap, "topic_template": args.out + ".{aggregate_type}",
+              "dead_letter_topic": args.out + ".dead-letters"},
+        state={"path": args.state},
+        logging={"level": "WARNING"},
+    )
+    started = time.monotonic()
+    stop = threading.Event()
+    stats = run_daemon(settings, stop=stop, idle_exit_s=2.0)
+    seconds = stats.last_activity - started
+    return {"seconds": seconds, "changes": stats.changes, "transactions": stats.transactions,
+            "events": stats.events, "dead_letters": stats.dead_letters, "unmatched": dict(stats.unmatched)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("kind", choices=["passthrough", "bridge"])
+    for option in ("--bootstrap", "--group", "--prefix", "--topics", "--out", "--state"):
+        parser.add_argument(option, required=True)
+    parser.add_argument("--records", type=int, required=True)
+    args = parser.parse_args()
+    result = passthrough(args) if args.kind == "passthrough" else bridge(args)
+    result["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result, default=str))
+
+
+if __name__ == "__main__":
+    main()
