@@ -14,6 +14,7 @@ import click
 
 from bridge import __version__
 from bridge.errors import BridgeError, ConfigurationError, ServiceUnavailable
+from bridge.mapping.commands import mappings_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -72,8 +73,6 @@ def _attach_simulator() -> None:
 
 
 _attach_simulator()
-
-from bridge.mapping.commands import mappings_group  # noqa: E402  (the mappings validate/test commands)
 cli.add_command(mappings_group)
 
 

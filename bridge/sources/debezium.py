@@ -26,14 +26,15 @@ from bridge.sources.transactions import AssembledTransaction, RecordRef, Transac
 log = logging.getLogger(__name__)
 
 
-class _Revocations(ConsumerRebalanceListener):
+class _Rebalances(ConsumerRebalanceListener):
     def __init__(self, source: DebeziumKafkaSource) -> None:
         self._source = source
 
     def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        self._source.partitions_revoked(revoked)
+        pass  # the assignment that follows tells what was really lost
 
     def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self._source.partitions_assigned(assigned)
         log.info("partitions assigned", extra={"partitions": [f"{tp.topic}/{tp.partition}" for tp in assigned]})
 
 
@@ -53,6 +54,7 @@ class DebeziumKafkaSource:
             replica_identity_full=settings.full_identity_tables(),
         )
         self._session = _Session(settings.transaction_wait_s)
+        self._owned: set[TopicPartition] = set()
         self._last_safe: SourcePosition | None = None
         try:
             self._consumer = KafkaConsumer(
@@ -63,8 +65,7 @@ class DebeziumKafkaSource:
                 max_poll_records=settings.poll_max_records,
                 metadata_max_age_ms=5000,  # notice topics Debezium creates after we start
                 client_id="cdc-bridge",
-                # Eager rebalancing: a rebalance revokes every partition and resumes each from its committed
-                # offset, which is what lets `partitions_revoked` start assembly afresh safely.
+                # Eager rebalancing with a full assignment each time, which `partitions_assigned` relies on.
                 partition_assignment_strategy=(RangePartitionAssignor,),
                 # Static membership: a restarted bridge takes its partitions back at once instead of
                 # waiting out the dead instance's session; a second instance with the same id is fenced.
@@ -74,7 +75,7 @@ class DebeziumKafkaSource:
             raise ServiceUnavailable(
                 f"no Kafka broker answers at {settings.bootstrap_servers} (source.bootstrap_servers); "
                 "check the address and that the broker is up") from exc
-        self._consumer.subscribe(topics=self._topics, listener=_Revocations(self))
+        self._consumer.subscribe(topics=self._topics, listener=_Rebalances(self))
 
     @property
     def topics(self) -> list[str]:
@@ -139,20 +140,31 @@ class DebeziumKafkaSource:
                 self._last_safe = max(c.position for c in changes)
         return self._last_safe
 
-    def partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        # Called on kafka-python's I/O thread, where no blocking call (such as a commit) is allowed.
-        # Transactions span partitions, so a revocation restarts assembly: whatever was not committed is
-        # read again (same event ids) by whoever owns the partitions next. The daemon commits on a
-        # graceful stop before closing, so a plain shutdown repeats nothing.
-        if revoked:
+    def partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        """Keep reading as before unless a partition went to another member.
+
+        Runs on kafka-python's I/O thread, where nothing may block. kafka-python keeps the position of a
+        partition that stays assigned, so when nothing was lost (the usual case: a topic Debezium just
+        created joins the assignment) the assembly simply goes on. When a partition was lost, its half-
+        assembled transactions cannot complete here: assembly restarts, and the partitions we keep are
+        rewound to their oldest record not yet done, so nothing held in the old assembler is skipped.
+        """
+        new = set(assigned)
+        lost = self._owned - new
+        if lost:
+            rewind = self._session.tracker.committable()
             self._session = _Session(self._settings.transaction_wait_s)
+            for tp in self._owned & new:
+                if tp in rewind:
+                    self._consumer.seek(tp, rewind[tp])
+        self._owned = new
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)
 
 
 class _Session:
-    """Reading state between two rebalances. Handles from an older session are ignored."""
+    """Reading state until a rebalance takes a partition away. Handles from an older session are ignored."""
 
     def __init__(self, transaction_wait_s: float) -> None:
         self.tracker = OffsetTracker()

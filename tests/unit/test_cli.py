@@ -14,7 +14,9 @@ def _cdc_bridge(*args: str) -> subprocess.CompletedProcess[str]:
 def test_help_lists_every_subcommand_with_one_line() -> None:
     top = _cdc_bridge("--help")
     assert top.returncode == 0
-    assert "legacy" in top.stdout
+    top_commands = top.stdout.split("Commands:")[1].strip().splitlines()
+    assert [line.split()[0] for line in top_commands] == ["legacy", "mappings", "run"]
+    assert all(len(line.split()) > 1 for line in top_commands)
     legacy = _cdc_bridge("legacy", "--help")
     commands = legacy.stdout.split("Commands:")[1].strip().splitlines()
     assert [line.split()[0] for line in commands] == ["migrate", "simulate"]
@@ -30,3 +32,12 @@ def test_an_unreachable_database_is_one_line_and_exit_code_3() -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("cdc-bridge: cannot reach PostgreSQL") and str(port) in lines[0]
+
+
+def test_a_bad_config_file_is_one_line_and_exit_code_2(tmp_path) -> None:
+    config = tmp_path / "bridge.yaml"
+    config.write_text("sink: {partitions: many}\n")
+    done = _cdc_bridge("run", "--config", str(config))
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"cdc-bridge: {config}: sink.partitions")
