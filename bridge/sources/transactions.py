@@ -50,21 +50,25 @@ class TransactionAssembler:
         self._pending: dict[int, _Pending] = {}
         self._end_order: OrderedDict[int, None] = OrderedDict()  # xids whose END arrived, in arrival order
         self._max_wait_s = max_wait_s
+        self.rows_awaiting_end = 0  # rows held for transactions whose END has not arrived (flow control)
 
     def add(self, ref: RecordRef, record: DecodedRecord, now: float) -> list[AssembledTransaction]:
         """Take one record; return the transactions it completes (possibly none)."""
         if isinstance(record, TransactionMarker):
             pending = self._pending_for(record.xid, now)
             pending.markers.append(ref)
-            if record.status == "END":
+            if record.status == "END" and pending.end is None:
                 pending.end = record
                 self._end_order[record.xid] = None
+                self.rows_awaiting_end -= len(pending.rows)
             return self._release()
         if isinstance(record, ChangeRecord):
             if record.total_order is None or record.xid is None:
                 # No transaction block: a snapshot read, or a connector without transaction metadata.
                 return [_standalone(record, ref)]
             pending = self._pending_for(record.xid, now)
+            if pending.end is None and record.total_order not in pending.rows:
+                self.rows_awaiting_end += 1
             pending.rows[record.total_order] = (record, ref)  # a re-sent row replaces its first copy
             return self._release() if record.xid in self._end_order else []
         raise TypeError(f"not a change or transaction marker: {record!r}")
@@ -90,12 +94,22 @@ class TransactionAssembler:
 
     def check_stalled(self, now: float) -> None:
         """Raise if the oldest unfinished transaction has waited longer than allowed."""
-        for pending in self._pending.values():
-            if now - pending.first_seen > self._max_wait_s:
-                raise TransactionIncomplete(_stall_message(pending, now - pending.first_seen))
+        # Entries are kept in the order they were first seen, so the first one is the oldest.
+        oldest = next(iter(self._pending.values()), None)
+        if oldest is not None and now - oldest.first_seen > self._max_wait_s:
+            raise TransactionIncomplete(_stall_message(oldest, now - oldest.first_seen))
 
     def open_transactions(self) -> int:
         return len(self._pending)
+
+    def ends_awaiting_rows(self) -> int:
+        """END markers whose transactions still miss rows (or wait for an earlier one)."""
+        return len(self._end_order)
+
+    def awaits_end(self, xid: int) -> bool:
+        """True while rows of `xid` are held and its END has not been read."""
+        pending = self._pending.get(xid)
+        return pending is not None and pending.end is None
 
 
 def _stall_message(pending: _Pending, waited: float) -> str:

@@ -18,9 +18,16 @@ ORDERS, ITEMS, TX = (TopicPartition("legacy.public.orders", 0), TopicPartition("
 class RecordingConsumer:
     def __init__(self) -> None:
         self.seeks: list[tuple[TopicPartition, int]] = []
+        self.paused: set[TopicPartition] = set()
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.seeks.append((tp, offset))
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self.paused.update(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self.paused.difference_update(tps)
 
 
 def _source() -> DebeziumKafkaSource:
@@ -31,14 +38,18 @@ def _source() -> DebeziumKafkaSource:
     source._owned = set()
     source._last_safe = None
     source._consumer = RecordingConsumer()
+    source._transaction_topic = TX.topic
+    source._in_step_limit = 20
+    source._last_xid = {}
+    source._paused = set()
     return source
 
 
-def _order_row(offset: int) -> SimpleNamespace:
+def _order_row(offset: int, xid: int = 700) -> SimpleNamespace:
     value = (b'{"before":null,"after":{"id":%d},"source":{"version":"3.6.1.Final","connector":"postgresql",'
              b'"name":"legacy","ts_ms":1700000000000,"snapshot":"false","db":"restaurant","sequence":"[null,\\"100\\"]",'
-             b'"schema":"public","table":"orders","txId":700,"lsn":100,"xmin":null},"op":"c","ts_ms":1700000000001,'
-             b'"transaction":{"id":"700:100","total_order":%d,"data_collection_order":%d}}') % (offset, offset + 1, offset + 1)
+             b'"schema":"public","table":"orders","txId":%d,"lsn":100,"xmin":null},"op":"c","ts_ms":1700000000001,'
+             b'"transaction":{"id":"%d:100","total_order":1,"data_collection_order":1}}') % (offset, xid, xid)
     return SimpleNamespace(offset=offset, key=b'{"id":%d}' % offset, value=value, headers=[])
 
 
@@ -60,3 +71,22 @@ def test_losing_a_partition_restarts_assembly_and_rewinds_the_kept_ones() -> Non
     source.partitions_assigned([ORDERS, TX])  # another member took order_items
     assert source._session.assembler.open_transactions() == 0
     assert source._consumer.seeks == [(ORDERS, 0)]  # read again from the oldest record not done
+
+
+def _end(xid: int, offset: int) -> SimpleNamespace:
+    value = b'{"status":"END","id":"%d:200","ts_ms":1700000000000,"event_count":1,' \
+            b'"data_collections":[{"data_collection":"public.orders","event_count":1}]}' % xid
+    return SimpleNamespace(offset=offset, key=b'{"id":"%d:200"}' % xid, value=value, headers=[])
+
+
+def test_a_table_running_ahead_of_the_transaction_topic_is_paused_until_it_catches_up() -> None:
+    source = _source()
+    source.partitions_assigned([ORDERS, TX])
+    for offset in range(25):  # 25 transactions' rows, none of their END markers read yet
+        source._take(ORDERS, _order_row(offset, xid=1000 + offset), 0.0)
+    source._keep_in_step()
+    assert source._consumer.paused == {ORDERS}  # ahead: paused; the transaction topic keeps moving
+    released = [unit for offset in range(20) for unit in source._take(TX, _end(1000 + offset, offset), 0.0)]
+    assert len(released) == 20
+    source._keep_in_step()
+    assert source._consumer.paused == set()
