@@ -1,0 +1,399 @@
+"""Assemble pgoutput messages into the Transactions and RowChanges every source produces.
+
+    assembler = PgOutputAssembler(user_types=..., primary_keys=...)
+    for lsn, data in stream:                       # peek rows, or XLogData payloads
+        transaction = assembler.feed(lsn, data)    # a Transaction at each Commit, else None
+
+The result is what the Debezium path (debezium_records + transactions) yields for the same change,
+value for value, so mappings and event ids cannot tell the sources apart:
+
+- key: the primary-key columns. Under REPLICA IDENTITY DEFAULT the Relation message flags exactly
+  those; under FULL it flags every column and under USING INDEX the index's, so for those tables the
+  key comes from `primary_keys` (PRIMARY_KEYS_SQL), which the caller must then pass.
+- before: None for an update that sent no old tuple; the key-only 'K' tuple becomes the replica
+  identity columns plus UNKNOWN for every other column (the Debezium decoder's convention: a key-only
+  image never pretends to know the rest); the full 'O' tuple (FULL) is the old row.
+- after: UNKNOWN for an unchanged TOAST value ('u'); under FULL it is taken from the old row, which
+  PostgreSQL sends in full, as Debezium does.
+- An update whose old key differs from its new key is one op 'u' with old_key (Debezium's
+  DELETE + CREATE pair, merged by transactions.py, gives the same).
+- Truncate: one op 't' per table, key None. Message: op 'm', schema and table "", key {"prefix": ...}.
+- position: commit_lsn = Commit's end LSN; change_lsn = the LSN the message was received at (the `lsn`
+  column of pg_logical_slot_peek_binary_changes, the XLogData start in streaming); seq = the ordinal
+  among the transaction's changes received at that same LSN (COPY, TRUNCATE of several tables, a
+  logical message and the change after it).
+- commit_time: Commit's timestamp (µs, aware UTC), the same instant as Debezium's source.ts_us.
+  A non-transactional message has none: it gets the last commit time seen, which is what Debezium
+  reports for it, or `received_at` before the first commit.
+
+A value that cannot be decoded does not stop the stream at once: the transaction is read to its
+Commit and then reported whole as a TransactionDecodeError (with its xid and commit LSN, so the caller
+can dead-letter it and still acknowledge the position). A broken stream (a change outside a
+transaction, an unknown relation, a tuple that does not fit its Relation message, a malformed
+message) or a setup error (a FULL table without its primary key) raises immediately.
+
+Pure: no I/O, no clock. The per-relation column decoders are built once per Relation message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from bridge.changes import UNKNOWN, LogicalMessage, Op, RowChange, SourcePosition, Transaction
+from bridge.sources.pgoutput_protocol import (
+    Begin,
+    Commit,
+    Delete,
+    Insert,
+    Message,
+    Origin,
+    PgOutputDecodeError,
+    PgOutputMessage,
+    Relation,
+    Truncate,
+    TupleData,
+    TypeInfo,
+    Update,
+    lsn_text,
+    parse_message,
+)
+from bridge.sources.pgoutput_values import UserType, column_decoder
+
+# Primary-key columns of every table, in key order: the `primary_keys` argument.
+PRIMARY_KEYS_SQL = """
+SELECT n.nspname, c.relname, array_agg(a.attname::text ORDER BY k.ord)
+FROM pg_index i
+JOIN pg_class c ON c.oid = i.indrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+WHERE i.indisprimary
+GROUP BY n.nspname, c.relname
+"""
+
+
+def primary_keys_from_rows(rows: Iterable[tuple[str, str, Sequence[str]]]) -> dict[str, tuple[str, ...]]:
+    """PRIMARY_KEYS_SQL's rows as the `primary_keys` mapping ("schema.table" -> columns)."""
+    return {f"{schema}.{table}": tuple(columns) for schema, table, columns in rows}
+
+
+class TransactionDecodeError(PgOutputDecodeError):
+    """A change of a committed transaction could not be decoded; raised at its Commit, for the whole unit."""
+
+    def __init__(self, cause: PgOutputDecodeError, xid: int, commit_lsn: int, commit_time: datetime) -> None:
+        super().__init__(f"transaction xid {xid} (commit {lsn_text(commit_lsn)}) cannot be decoded: {cause}",
+                         cause.lsn, cause.relation, cause.column)
+        self.xid, self.commit_lsn, self.commit_time = xid, commit_lsn, commit_time
+
+
+class RelationMismatch(PgOutputDecodeError):
+    """A tuple does not fit its Relation message: the stream itself is broken, not one value."""
+
+
+class RelationPlan:
+    """One table's column decoders, key and identity columns, computed once per Relation message."""
+
+    __slots__ = ("converters", "expected", "identity", "key_indexes", "names", "qualified", "relation", "schema",
+                 "table")
+
+    def __init__(self, relation: Relation, user_types: Mapping[int, UserType],
+                 primary_keys: Mapping[str, Sequence[str]] | None, lsn: int) -> None:
+        self.relation = relation
+        self.schema = relation.namespace or "pg_catalog"
+        self.table = relation.name
+        self.qualified = f"{self.schema}.{self.table}"
+        self.names = tuple(column.name for column in relation.columns)
+        decoders = [column_decoder(column.type_oid, user_types) for column in relation.columns]
+        self.expected = tuple(decoder.expected for decoder in decoders)
+        self.converters = tuple((index, name, decoder.decode)
+                                for index, (name, decoder) in enumerate(zip(self.names, decoders, strict=True))
+                                if decoder.decode is not None)
+        self.identity = frozenset(c.name for c in relation.columns if c.is_identity)
+        self.key_indexes = self._key_indexes(primary_keys, lsn)
+
+    def _key_indexes(self, primary_keys: Mapping[str, Sequence[str]] | None, lsn: int) -> tuple[int, ...] | None:
+        identity = self.relation.replica_identity
+        if primary_keys is not None and (self.qualified in primary_keys or identity != "d"):
+            columns: Sequence[str] = primary_keys.get(self.qualified, ())
+        elif identity == "d":
+            columns = [c.name for c in self.relation.columns if c.is_identity]
+        else:
+            raise PgOutputDecodeError(
+                f"relation {self.qualified} at LSN {lsn_text(lsn)} has REPLICA IDENTITY "
+                f"{ {'f': 'FULL', 'i': 'USING INDEX', 'n': 'NOTHING'}[identity]}, so the stream does not say which "
+                "columns form its primary key: expected primary_keys (PRIMARY_KEYS_SQL) to be passed",
+                lsn, self.qualified)
+        missing = [name for name in columns if name not in self.names]
+        if missing:
+            raise PgOutputDecodeError(
+                f"relation {self.qualified} at LSN {lsn_text(lsn)}: primary key column(s) {missing} are not among "
+                f"the published columns {list(self.names)} (a column list on the publication must include the key)",
+                lsn, self.qualified, missing[0])
+        return tuple(self.names.index(name) for name in columns) or None
+
+    def row(self, values: TupleData, lsn: int) -> dict[str, Any]:
+        """A tuple's values as {column: exact value}; UNKNOWN and None pass through."""
+        if len(values) != len(self.names):
+            raise RelationMismatch(
+                f"relation {self.qualified} at LSN {lsn_text(lsn)}: expected {len(self.names)} column values "
+                f"as its Relation message says, got {len(values)} (a Relation message was missed?)",
+                lsn, self.qualified)
+        row = dict(zip(self.names, values))
+        try:
+            for index, name, decode in self.converters:
+                value = values[index]
+                if value.__class__ is str:
+                    row[name] = decode(value)
+        except Exception:  # noqa: BLE001  (any converter failure: find the column again, off the hot path)
+            self._raise_for(values, lsn)
+        return row
+
+    def _raise_for(self, values: TupleData, lsn: int) -> None:
+        for index, name, decode in self.converters:
+            value = values[index]
+            if value.__class__ is not str:
+                continue
+            try:
+                decode(value)
+            except Exception as exc:
+                shown = repr(value)
+                shown = shown if len(shown) <= 120 else shown[:117] + "..."
+                raise PgOutputDecodeError(
+                    f"cannot decode column {name!r} of {self.qualified} at LSN {lsn_text(lsn)}: expected "
+                    f"{self.expected[index]}, got {shown} ({exc})", lsn, self.qualified, name) from exc
+        raise AssertionError("a converter failed once but not twice")
+
+    def key(self, row: Mapping[str, Any]) -> dict[str, Any] | None:
+        if self.key_indexes is None:
+            return None
+        names = self.names
+        return {names[i]: row[names[i]] for i in self.key_indexes}
+
+    def identity_image(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """A 'K' tuple as a before image: the identity columns, every other column UNKNOWN."""
+        identity = self.identity
+        return {name: (value if name in identity else UNKNOWN) for name, value in row.items()}
+
+
+@dataclass(slots=True)
+class _Open:
+    """The transaction between Begin and Commit."""
+
+    begin: Begin
+    # (op, schema, table, key, before, after, change_lsn, seq, old_key, message, source_ref)
+    items: list[tuple[Any, ...]]
+    seen: dict[int, int]  # change_lsn -> changes so far at it
+    error: PgOutputDecodeError | None = None
+
+
+class PgOutputAssembler:
+    """Feed pgoutput messages in stream order; take each committed Transaction out at its Commit.
+
+    user_types: non-built-in types (USER_TYPES_SQL rows as UserType) for enums, domains and their arrays.
+    primary_keys: "schema.table" -> primary-key columns (PRIMARY_KEYS_SQL); required for tables whose
+    REPLICA IDENTITY is not DEFAULT. When given, a table missing from it has no primary key (key None).
+    """
+
+    def __init__(self, *, user_types: Iterable[UserType] | Mapping[int, UserType] | None = None,
+                 primary_keys: Mapping[str, Sequence[str]] | None = None) -> None:
+        self._user_types: dict[int, UserType] = {}
+        self._primary_keys = dict(primary_keys) if primary_keys is not None else None
+        self._relations: dict[int, Relation] = {}
+        self._plans: dict[int, RelationPlan | PgOutputDecodeError] = {}
+        self._open: _Open | None = None
+        self._last_commit_time: datetime | None = None
+        self.announced_types: dict[int, TypeInfo] = {}  # from 'Y' messages: types a refresh may need
+        self.origin: Origin | None = None  # of the open transaction, when it was replicated in
+        self.learn_types(user_types or ())
+
+    # --- setup -------------------------------------------------------------------------------------
+
+    def learn_types(self, user_types: Iterable[UserType] | Mapping[int, UserType]) -> None:
+        """Add or replace user types (e.g. after a 'Y' message named a new enum); rebuilds the plans."""
+        items = user_types.values() if isinstance(user_types, Mapping) else user_types
+        self._user_types.update({user.oid: user for user in items})
+        self._plans.clear()
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._open is not None
+
+    def reset(self) -> None:
+        """Forget a transaction left open (the connection dropped); keep the relations and types."""
+        self._open = None
+        self.origin = None
+
+    # --- input -------------------------------------------------------------------------------------
+
+    def feed(self, lsn: int, data: bytes | bytearray | memoryview, *,
+             received_at: datetime | None = None) -> Transaction | None:
+        """Parse and add one message received at `lsn`; returns the Transaction it completes, if any."""
+        return self.add(lsn, parse_message(data, lsn), received_at=received_at)
+
+    def add(self, lsn: int, message: PgOutputMessage, *, received_at: datetime | None = None) -> Transaction | None:
+        """Add one parsed message received at `lsn`; returns the Transaction it completes, if any."""
+        if isinstance(message, (Insert, Update, Delete)):
+            self._change(lsn, message)
+        elif isinstance(message, Begin):
+            if self._open is not None:
+                raise PgOutputDecodeError(
+                    f"Begin of xid {message.xid} at LSN {lsn_text(lsn)} while xid {self._open.begin.xid} is still "
+                    "open: expected its Commit first (streamed transactions are not supported)", lsn)
+            self._open = _Open(message, [], {})
+        elif isinstance(message, Commit):
+            return self._commit(lsn, message)
+        elif isinstance(message, Relation):
+            self._relations[message.relation_id] = message
+            self._plans.pop(message.relation_id, None)
+        elif isinstance(message, Truncate):
+            self._truncate(lsn, message)
+        elif isinstance(message, Message):
+            return self._message(lsn, message, received_at)
+        elif isinstance(message, TypeInfo):
+            self.announced_types[message.type_oid] = message
+        elif isinstance(message, Origin):
+            self.origin = message
+        else:
+            raise TypeError(f"not a pgoutput message: {message!r}")
+        return None
+
+    # --- transactions ------------------------------------------------------------------------------
+
+    def _require_open(self, lsn: int, what: str) -> _Open:
+        if self._open is None:
+            raise PgOutputDecodeError(
+                f"{what} at LSN {lsn_text(lsn)} outside a transaction: expected a Begin first (was the stream "
+                "read from the middle of a transaction?)", lsn)
+        return self._open
+
+    def _plan(self, relation_id: int, lsn: int) -> RelationPlan:
+        plan = self._plans.get(relation_id)
+        if plan is None:
+            relation = self._relations.get(relation_id)
+            if relation is None:
+                raise PgOutputDecodeError(
+                    f"change of relation OID {relation_id} at LSN {lsn_text(lsn)} before any Relation message for "
+                    "it: expected the stream to be read from the start of a decoding session", lsn)
+            try:
+                plan = RelationPlan(relation, self._user_types, self._primary_keys, lsn)
+            except PgOutputDecodeError as exc:
+                plan = exc
+            self._plans[relation_id] = plan
+        if isinstance(plan, PgOutputDecodeError):
+            raise plan  # the same setup error for every change of the relation, until a new Relation message
+        return plan
+
+    @staticmethod
+    def _position(tx: _Open, lsn: int) -> int:
+        seq = tx.seen.get(lsn, 0)
+        tx.seen[lsn] = seq + 1
+        return seq
+
+    def _change(self, lsn: int, message: Insert | Update | Delete) -> None:
+        tx = self._open
+        if tx is None:
+            tx = self._require_open(lsn, type(message).__name__)
+        plan = self._plans.get(message.relation_id)
+        if not isinstance(plan, RelationPlan):
+            plan = self._plan(message.relation_id, lsn)
+        seen = tx.seen
+        seq = seen.get(lsn, 0)
+        seen[lsn] = seq + 1
+        if tx.error is not None:
+            return
+        try:
+            tx.items.append(self._row_change(plan, lsn, message, seq))
+        except RelationMismatch:
+            raise
+        except PgOutputDecodeError as exc:
+            tx.error = exc
+            tx.items.clear()
+
+    @staticmethod
+    def _row_change(plan: RelationPlan, lsn: int, message: Insert | Update | Delete, seq: int) -> tuple[Any, ...]:
+        """(op, plan, key, before, after, old_key, change_lsn, seq) of one row change."""
+        if isinstance(message, Insert):
+            after = plan.row(message.new, lsn)
+            return Op.CREATE, plan, plan.key(after), None, after, None, lsn, seq
+        if isinstance(message, Delete):
+            old = plan.row(message.old, lsn)
+            before = old if message.old_kind == "O" else plan.identity_image(old)
+            return Op.DELETE, plan, plan.key(before), before, None, None, lsn, seq
+        after = plan.row(message.new, lsn)
+        key = plan.key(after)
+        if message.old is None:
+            return Op.UPDATE, plan, key, None, after, None, lsn, seq
+        old = plan.row(message.old, lsn)
+        if message.old_kind == "O":
+            before = old
+            for name, value in after.items():  # FULL: unchanged TOAST values are in the old row
+                if value is UNKNOWN:
+                    after[name] = old[name]
+        else:
+            before = plan.identity_image(old)
+        old_key = plan.key(before)
+        if old_key is not None and any(value is UNKNOWN for value in old_key.values()):
+            old_key = None  # USING INDEX without the key columns: the old key is not in the stream
+        if key is not None and old_key is not None:
+            for name, value in key.items():  # an unchanged TOASTed key column is 'u' in the new tuple
+                if value is UNKNOWN:
+                    key[name] = after[name] = old_key[name]
+        return Op.UPDATE, plan, key, before, after, (old_key if old_key != key else None), lsn, seq
+
+    def _truncate(self, lsn: int, message: Truncate) -> None:
+        tx = self._require_open(lsn, "Truncate")
+        for relation_id in message.relation_ids:
+            plan = self._plan(relation_id, lsn)
+            seq = self._position(tx, lsn)
+            if tx.error is None:
+                tx.items.append((Op.TRUNCATE, plan, None, None, None, None, lsn, seq))
+
+    def _message(self, lsn: int, message: Message, received_at: datetime | None) -> Transaction | None:
+        if message.transactional:
+            tx = self._require_open(lsn, "transactional Message")
+            seq = self._position(tx, lsn)
+            if tx.error is None:
+                tx.items.append((Op.MESSAGE, message, {"prefix": message.prefix}, None, None, None, lsn, seq))
+            return None
+        when = self._last_commit_time or received_at
+        if when is None:
+            raise PgOutputDecodeError(
+                f"non-transactional message {message.prefix!r} at LSN {lsn_text(lsn)} carries no time and no "
+                "transaction was decoded before it: expected received_at", lsn)
+        change = RowChange(op=Op.MESSAGE, schema="", table="", key={"prefix": message.prefix}, before=None,
+                           after=None, position=SourcePosition(lsn, lsn, 0), commit_time=when, xid=None,
+                           message=LogicalMessage(message.prefix, message.content, False),
+                           source_ref=f"pgoutput {lsn_text(lsn)}")
+        return Transaction(xid=None, commit_lsn=lsn, commit_time=when, changes=(change,))
+
+    def _commit(self, lsn: int, commit: Commit) -> Transaction:
+        tx = self._require_open(lsn, "Commit")
+        self._open = None
+        self.origin = None
+        xid = tx.begin.xid
+        if commit.commit_lsn != tx.begin.final_lsn:
+            raise PgOutputDecodeError(
+                f"Commit at LSN {lsn_text(lsn)} is for commit record {lsn_text(commit.commit_lsn)}, but the open "
+                f"transaction xid {xid} announced {lsn_text(tx.begin.final_lsn)}: expected them to agree", lsn)
+        commit_lsn, when = commit.end_lsn, commit.commit_time
+        self._last_commit_time = when
+        if tx.error is not None:
+            raise TransactionDecodeError(tx.error, xid, commit_lsn, when)
+        changes: list[RowChange] = []
+        append = changes.append
+        for op, subject, key, before, after, old_key, change_lsn, seq in tx.items:
+            position = SourcePosition(commit_lsn, change_lsn, seq)
+            ref = f"pgoutput {change_lsn >> 32:X}/{change_lsn & 0xFFFFFFFF:X}"
+            if op is Op.MESSAGE:
+                append(RowChange(
+                    op=op, schema="", table="", key=key, before=None, after=None, position=position,
+                    commit_time=when, xid=xid, message=LogicalMessage(subject.prefix, subject.content, True),
+                    source_ref=ref))
+            else:
+                append(RowChange(
+                    op=op, schema=subject.schema, table=subject.table, key=key, before=before, after=after,
+                    position=position, commit_time=when, xid=xid, old_key=old_key, source_ref=ref))
+        return Transaction(xid=xid, commit_lsn=commit_lsn, commit_time=when, changes=tuple(changes))
