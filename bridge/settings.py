@@ -8,10 +8,10 @@ raise ConfigurationError with one line per problem naming the file and the setti
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bridge.errors import ConfigurationError
@@ -24,6 +24,7 @@ class _Section(BaseModel):
 class DebeziumSource(_Section):
     """Where Debezium writes and how its JSON converter is set up."""
 
+    kind: Literal["debezium"] = "debezium"
     bootstrap_servers: str = "127.0.0.1:9092"
     topic_prefix: str = Field("legacy", description="the connector's topic.prefix")
     schema_name: str = "public"
@@ -53,7 +54,23 @@ class DebeziumSource(_Section):
         return frozenset(t if "." in t else f"{self.schema_name}.{t}" for t in self.replica_identity_full)
 
 
+class PgOutputSource(_Section):
+    """PostgreSQL's logical replication stream (pgoutput), read directly: no Kafka Connect needed."""
+
+    kind: Literal["pgoutput"] = "pgoutput"
+    dsn: str = Field("postgresql://postgres@127.0.0.1:5432/restaurant", description="the legacy database")
+    schema_name: str = "public"
+    slot_name: str = "cdc_bridge"
+    publication_name: str = "cdc_bridge"
+    create_slot: bool = Field(True, description="create the slot if missing (never drops one it did not create)")
+    create_publication: bool = Field(True, description="create the publication for exactly the mapped tables")
+    heartbeat_interval_s: float = Field(
+        10.0, gt=0, description="emit a logical message this often so a quiet database's slot still advances")
+    status_interval_s: float = Field(1.0, gt=0, description="how often the acknowledged position is reported")
+
+
 class KafkaSink(_Section):
+    kind: Literal["kafka"] = "kafka"
     bootstrap_servers: str = "127.0.0.1:9092"
     topic_template: str = Field("{namespace}.{aggregate_type}", description="topic per aggregate type")
     topics: dict[str, str] = Field(default_factory=dict, description="aggregate type -> topic, overrides the template")
@@ -68,6 +85,28 @@ class KafkaSink(_Section):
     def topic_for(self, namespace: str, aggregate_type: str) -> str:
         return self.topics.get(aggregate_type) or self.topic_template.format(
             namespace=namespace, aggregate_type=aggregate_type)
+
+
+class LocalLogSink(_Section):
+    """An embedded, durable, append-only event log on local disk: no server needed."""
+
+    kind: Literal["locallog"] = "locallog"
+    path: Path = Field(Path(".state/bridge/events"), description="the log's directory")
+    dead_letter_path: Path | None = Field(None, description="default: <path>/dead-letters")
+    fsync_interval_ms: float = Field(20.0, ge=0, description="acknowledge after the fsync that covers an event")
+
+
+def _kind_or(default: str) -> Any:
+    """Pick a section's variant by its `kind`, which may be left out for the default variant."""
+    def pick(value: Any) -> str:
+        return value.get("kind", default) if isinstance(value, dict) else getattr(value, "kind", default)
+    return Discriminator(pick)
+
+
+SourceSettings = Annotated[
+    Annotated[DebeziumSource, Tag("debezium")] | Annotated[PgOutputSource, Tag("pgoutput")], _kind_or("debezium")]
+SinkSettings = Annotated[
+    Annotated[KafkaSink, Tag("kafka")] | Annotated[LocalLogSink, Tag("locallog")], _kind_or("kafka")]
 
 
 class StateSettings(_Section):
@@ -94,8 +133,8 @@ class Settings(BaseSettings):
 
     source_id: str = Field("legacy-restaurant", description="names the legacy database in event ids and sources")
     mappings: list[Path] = Field(default_factory=lambda: [Path("mappings/restaurant.yaml")])
-    source: DebeziumSource = Field(default_factory=DebeziumSource)
-    sink: KafkaSink = Field(default_factory=KafkaSink)
+    source: SourceSettings = Field(default_factory=DebeziumSource)
+    sink: SinkSettings = Field(default_factory=KafkaSink)
     state: StateSettings = Field(default_factory=StateSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
@@ -134,11 +173,20 @@ def load_settings(config_file: Path | None) -> Settings:
         return Settings(**data)
     except ValidationError as exc:
         where = str(config_file) if config_file else "settings"
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
-        )
+        problems = "; ".join(f"{_setting_name(error['loc'])}: {error['msg']}" for error in exc.errors())
         raise ConfigurationError(
             f"{where}: {problems} (environment variables BRIDGE_<SECTION>__<FIELD> override the file)") from exc
+
+
+_VARIANTS = {"debezium", "pgoutput", "kafka", "locallog"}
+
+
+def _setting_name(loc: tuple[Any, ...]) -> str:
+    """`sink.partitions`, not pydantic's `sink.kafka.partitions`: the variant tag is not a setting."""
+    parts = [str(p) for p in loc]
+    if len(parts) > 1 and parts[0] in ("source", "sink") and parts[1] in _VARIANTS:
+        del parts[1]
+    return ".".join(parts)
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
