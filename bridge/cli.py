@@ -15,6 +15,7 @@ import click
 from bridge import __version__
 from bridge.errors import BridgeError, ConfigurationError, ServiceUnavailable
 from bridge.mapping.commands import mappings_group
+from bridge.tail import tail_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -74,6 +75,7 @@ def _attach_simulator() -> None:
 
 _attach_simulator()
 cli.add_command(mappings_group)
+cli.add_command(tail_command)
 
 
 def main() -> None:

@@ -14,12 +14,15 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from typing import Any
 
 from bridge.errors import ConfigurationError, MappingError
 from bridge.mapping.loader import load_mappings
 from bridge.pipeline import Pipeline, PipelineStats
 from bridge.settings import Settings
+from bridge.ports import EventSink
 from bridge.sinks.kafka import KafkaEventSink
+from bridge.sinks.locallog import LocalLogEventSink
 from bridge.sources.debezium import DebeziumKafkaSource
 from bridge.state import PriorRowStore
 
@@ -60,24 +63,30 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _open_sink(settings: Settings, mappings: Any) -> EventSink:
+    if settings.sink.kind == "locallog":
+        return LocalLogEventSink.from_settings(settings.sink)
+    sink = KafkaEventSink(settings.sink)
+    if settings.sink.create_topics:
+        if created := sink.ensure_topics(mappings.aggregates()):
+            log.info("created topics", extra={"topics": created})
+    return sink
+
+
 def run_daemon(settings: Settings, *, stop: threading.Event | None = None,
                idle_exit_s: float | None = None) -> PipelineStats:
     stop = stop or threading.Event()
-    if settings.source.kind != "debezium" or settings.sink.kind != "kafka":
+    if settings.source.kind != "debezium":
         raise ConfigurationError(
-            f"source.kind {settings.source.kind!r} with sink.kind {settings.sink.kind!r} is not wired into "
-            "`run` yet; this version runs source.kind debezium with sink.kind kafka")
+            f"source.kind {settings.source.kind!r} is not wired into `run` yet; this version reads source.kind debezium")
     mappings = preflight(settings)
     with ExitStack() as resources:
         store = None
         if settings.state.path is not None:
             store = PriorRowStore(settings.state.path, tables=mappings.needs_before().keys() or None)
             resources.callback(store.close)
-        sink = KafkaEventSink(settings.sink)
+        sink = _open_sink(settings, mappings)
         resources.callback(sink.close)
-        if settings.sink.create_topics:
-            if created := sink.ensure_topics(mappings.aggregates()):
-                log.info("created topics", extra={"topics": created})
         source = DebeziumKafkaSource(settings.source, tables=mappings.tables(), declared_types=mappings.declared_types())
         resources.callback(source.close)
         pipeline = Pipeline(source, sink, mappings, source_id=settings.source_id, prior_rows=store,

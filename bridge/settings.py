@@ -91,9 +91,11 @@ class LocalLogSink(_Section):
     """An embedded, durable, append-only event log on local disk: no server needed."""
 
     kind: Literal["locallog"] = "locallog"
-    path: Path = Field(Path(".state/bridge/events"), description="the log's directory")
+    path: Path = Field(Path(".state/bridge/events"), description="the log's directory (`cdc-bridge tail --log`)")
     dead_letter_path: Path | None = Field(None, description="default: <path>/dead-letters")
-    fsync_interval_ms: float = Field(20.0, ge=0, description="acknowledge after the fsync that covers an event")
+    fsync_interval_ms: float = Field(5.0, ge=0, description="acknowledge after the fsync that covers an event")
+    segment_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024, description="size at which a segment file is sealed")
+    cached_segments: int = Field(1, ge=1, description="sealed segments whose ids stay in memory for deduplication")
 
 
 def _kind_or(default: str) -> Any:
@@ -193,7 +195,9 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     resolved = dict(data)
     if isinstance(resolved.get("mappings"), list):
         resolved["mappings"] = [str(base / p) if not Path(p).is_absolute() else p for p in resolved["mappings"]]
-    state = resolved.get("state")
-    if isinstance(state, dict) and isinstance(state.get("path"), str) and not Path(state["path"]).is_absolute():
-        resolved["state"] = {**state, "path": str(base / state["path"])}
+    for section, keys in (("state", ("path",)), ("sink", ("path", "dead_letter_path"))):
+        values = resolved.get(section)
+        if isinstance(values, dict):
+            resolved[section] = {**values, **{key: str(base / values[key]) for key in keys
+                                              if isinstance(values.get(key), str) and not Path(values[key]).is_absolute()}}
     return resolved

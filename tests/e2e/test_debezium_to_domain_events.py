@@ -31,7 +31,7 @@ AGGREGATES = ("customer", "menu_item", "order")
 class Run:
     """One bridge configuration against one test database, with its topics and consumer group."""
 
-    def __init__(self, stack: StackInfo, capture: DebeziumCapture, tmp_path: Path) -> None:
+    def __init__(self, stack: StackInfo, capture: DebeziumCapture, tmp_path: Path, sink: dict | None = None) -> None:
         suffix = uuid.uuid4().hex[:6]
         self.stack, self.capture = stack, capture
         self.group = f"bridge-{suffix}"
@@ -43,8 +43,8 @@ class Run:
             mappings=[str(REPO_ROOT / "mappings" / "restaurant.yaml")],
             source={"bootstrap_servers": stack.bootstrap_servers, "topic_prefix": capture.topic_prefix,
                     "group_id": self.group, "transaction_wait_s": 60},
-            sink={"bootstrap_servers": stack.bootstrap_servers, "topic_template": self.out + ".{aggregate_type}",
-                  "dead_letter_topic": f"{self.out}.dead-letters"},
+            sink=sink or {"bootstrap_servers": stack.bootstrap_servers, "topic_template": self.out + ".{aggregate_type}",
+                          "dead_letter_topic": f"{self.out}.dead-letters"},
             state={"path": str(tmp_path / "prior-rows.sqlite")},
             pipeline={"commit_interval_s": 0.5},
             logging={"level": "INFO", "format": "json"},
@@ -175,3 +175,26 @@ def _wait_for_progress(run: Run, bridge: BridgeProcess, minimum_events: int, tim
             return
         time.sleep(0.3)
     raise AssertionError(f"the bridge published fewer than {minimum_events} events in {timeout_s}s")
+
+
+def test_the_local_event_log_sink_carries_the_same_events_durably(
+    stack: StackInfo, debezium_capture: DebeziumCapture, tmp_path: Path
+) -> None:
+    from bridge.sinks.locallog_reader import EventLogReader
+
+    log_dir = tmp_path / "events"
+    run = Run(stack, debezium_capture, tmp_path, sink={"kind": "locallog", "path": str(log_dir)})
+    bridge = run.bridge()
+    try:
+        report = run_simulation(debezium_capture.dsn, seed=5, count=600)
+        run.wait_for_debezium({tx.xid for tx in report.transactions})
+        wait_caught_up(bridge, stack.bootstrap_servers, run.group, run.source_topics)
+    finally:
+        exit_code = bridge.stop()
+    assert exit_code == 0, bridge.log()[-3000:]
+    records = list(EventLogReader(log_dir).read())
+    assert len({r.id for r in records}) == len(records) > len(report.transactions)
+    consumer = FoldingConsumer()
+    for record in records:
+        consumer.apply(record.type, json.loads(record.value))
+    _assert_state_matches(consumer, debezium_capture.dsn)
