@@ -82,8 +82,8 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None,
     mappings = preflight(settings)
     with ExitStack() as resources:
         store = None
-        if settings.state.path is not None:
-            store = PriorRowStore(settings.state.path, tables=mappings.needs_before().keys() or None)
+        if settings.state.path is not None and (needing := mappings.needs_before()):
+            store = PriorRowStore(settings.state.path, tables=needing.keys())
             resources.callback(store.close)
         sink = _open_sink(settings, mappings)
         resources.callback(sink.close)

@@ -26,6 +26,7 @@ log = logging.getLogger("bridge.pipeline")
 
 
 STARTUP_GRACE_S = 30.0
+PROGRESS_INTERVAL_S = 30.0
 
 
 class PipelineStopped(BridgeError):
@@ -73,7 +74,7 @@ class Pipeline:
         The idle clock starts with the first change (joining the consumer group takes a moment), or
         after STARTUP_GRACE_S when nothing at all arrives.
         """
-        started = last_commit = time.monotonic()
+        started = last_commit = last_report = time.monotonic()
         last_activity: float | None = None
         try:
             while not stop.is_set():
@@ -91,6 +92,9 @@ class Pipeline:
                 if now - last_commit >= self.commit_interval_s:
                     self._checkpoint()
                     last_commit = now
+                if now - last_report >= PROGRESS_INTERVAL_S:
+                    log.info("progress", extra={**self.stats.as_dict(), "in_flight": self._in_flight})
+                    last_report = now
                 idle_since = last_activity if last_activity is not None else started + STARTUP_GRACE_S
                 if idle_exit_s is not None and now - idle_since >= idle_exit_s:
                     break
