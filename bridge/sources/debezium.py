@@ -108,23 +108,26 @@ class DebeziumKafkaSource:
         moves and the two cannot wait for each other.
         """
         assembler = self._session.assembler
-        transaction_tp = [tp for tp in self._owned if tp.topic == self._transaction_topic]
-        if assembler.rows_awaiting_end > self._in_step_limit:
+        limit = self._in_step_limit
+        # A paused table partition is resumed as soon as it is no longer ahead (the transaction topic
+        # caught up with it) or the backlog of rows has shrunk: it may hold rows that ENDs wait for.
+        resume = [tp for tp in self._paused if tp.topic != self._transaction_topic
+                  and (assembler.rows_awaiting_end < limit // 2 or not assembler.awaits_end(self._last_xid[tp]))]
+        if resume:
+            self._consumer.resume(*resume)
+            self._paused.difference_update(resume)
+        if assembler.rows_awaiting_end > limit:
             ahead = [tp for tp, xid in self._last_xid.items()
                      if tp in self._owned and tp not in self._paused and assembler.awaits_end(xid)]
             if ahead:
                 self._consumer.pause(*ahead)
                 self._paused.update(ahead)
-        elif assembler.rows_awaiting_end < self._in_step_limit // 2:
-            tables = [tp for tp in self._paused if tp.topic != self._transaction_topic]
-            if tables:
-                self._consumer.resume(*tables)
-                self._paused.difference_update(tables)
+        transaction_tp = [tp for tp in self._owned if tp.topic == self._transaction_topic]
         ends = assembler.ends_awaiting_rows()
-        if ends > self._in_step_limit and transaction_tp and transaction_tp[0] not in self._paused:
+        if ends > limit and transaction_tp and transaction_tp[0] not in self._paused:
             self._consumer.pause(*transaction_tp)
             self._paused.update(transaction_tp)
-        elif ends < self._in_step_limit // 2 and transaction_tp and transaction_tp[0] in self._paused:
+        elif ends < limit // 2 and transaction_tp and transaction_tp[0] in self._paused:
             self._consumer.resume(*transaction_tp)
             self._paused.difference_update(transaction_tp)
 

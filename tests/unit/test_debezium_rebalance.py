@@ -90,3 +90,26 @@ def test_a_table_running_ahead_of_the_transaction_topic_is_paused_until_it_catch
     assert len(released) == 20
     source._keep_in_step()
     assert source._consumer.paused == set()
+
+
+def test_a_paused_table_is_resumed_once_the_transaction_topic_has_passed_it() -> None:
+    source = _source()
+    source.partitions_assigned([ORDERS, ITEMS, TX])
+    for offset in range(25):  # orders runs ahead by 25 transactions
+        source._take(ORDERS, _order_row(offset, xid=2000 + offset), 0.0)
+    source._keep_in_step()
+    assert source._consumer.paused == {ORDERS}
+    # Another table is ahead too, so the backlog stays large; but once the transaction topic has read
+    # the END of orders' last row, orders must move again (ENDs may be waiting for its rows).
+    for offset in range(25):
+        source._take(ITEMS, _order_row(offset, xid=3000 + offset), 0.0)
+    source._last_xid[ORDERS] = 2024
+    source._session.assembler.add((TX, 99), _end_marker(2024), 0.0)
+    source._keep_in_step()
+    assert ORDERS not in source._consumer.paused and ITEMS in source._consumer.paused
+
+
+def _end_marker(xid: int):
+    from bridge.sources.debezium_records import decode_record
+
+    return decode_record(TX.topic, 0, 99, None, _end(xid, 99).value, [])
