@@ -28,7 +28,7 @@ def cli() -> None:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), envvar="BRIDGE_CONFIG",
               help="YAML settings file [env: BRIDGE_CONFIG]; environment variables BRIDGE_<SECTION>__<FIELD> override it")
 @click.option("--exit-when-idle", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-              help="Stop (drained and committed) once no change has arrived for this long: for batch runs.")
+              help="Stop (drained and committed) once nothing has been read or is in flight for this long: for batch runs.")
 def run(config_file: Path | None, exit_when_idle: float | None) -> None:
     """Run the daemon: Debezium change events in, domain events out, until SIGTERM/SIGINT."""
     from bridge.daemon import run_daemon

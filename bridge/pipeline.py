@@ -87,7 +87,7 @@ class Pipeline:
                 now = time.monotonic()
                 if units:
                     self.stats.last_activity = now
-                if units or self._in_flight:
+                if units or self._in_flight or self.source.pending():
                     last_activity = now
                 if now - last_commit >= self.commit_interval_s:
                     self._checkpoint()

@@ -36,6 +36,9 @@ class ChangeSource(Protocol):
     def commit(self) -> SourcePosition | None:
         """Acknowledge all done units to the upstream; return the position everything before is safe at."""
 
+    def pending(self) -> int:
+        """Records read but not yet done (held for assembly or waiting for delivery): 0 means idle."""
+
     def close(self) -> None: ...
 
 

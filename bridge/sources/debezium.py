@@ -162,6 +162,9 @@ class DebeziumKafkaSource:
         handle.done = True
         self._session.tracker.done(handle.records)
 
+    def pending(self) -> int:
+        return self._session.tracker.pending_count()
+
     def commit(self) -> SourcePosition | None:
         session = self._session
         offsets = session.tracker.committable()

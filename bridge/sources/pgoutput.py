@@ -277,6 +277,10 @@ class PgOutputChangeSource:
     def done(self, unit: SourceUnit) -> None:
         unit.handle.done = True
 
+    def pending(self) -> int:
+        """Transactions handed out and not yet done, plus one while a transaction is half received."""
+        return sum(not handle.done for handle in self._released) + int(self._assembler.in_transaction)
+
     def commit(self) -> SourcePosition | None:
         """Report the newest commit LSN whose transaction and all before it are done; return its position."""
         released = self._released

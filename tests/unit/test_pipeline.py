@@ -40,12 +40,12 @@ rules:
 
 class FakeSource:
     def __init__(self, units: list[SourceUnit]) -> None:
-        self.pending = list(units)
+        self.queued = list(units)
         self.done_units: list[SourceUnit] = []
         self.commits = 0
 
     def poll(self, timeout_s: float) -> list[SourceUnit]:
-        units, self.pending = self.pending[:1], self.pending[1:]
+        units, self.queued = self.queued[:1], self.queued[1:]
         return units
 
     def done(self, unit: SourceUnit) -> None:
@@ -54,6 +54,9 @@ class FakeSource:
     def commit(self) -> SourcePosition | None:
         self.commits += 1
         return None
+
+    def pending(self) -> int:
+        return 0
 
     def close(self) -> None: ...
 
@@ -105,7 +108,7 @@ def test_a_unit_is_done_only_after_every_event_from_it_is_acknowledged(tmp_path:
     from decimal import Decimal
 
     pipeline, source, sink = _pipeline(tmp_path, [_unit(1, Decimal("5.00"), 100), _unit(2, Decimal("1.50"), 200)])
-    for unit in source.pending[:]:
+    for unit in source.queued[:]:
         pipeline._handle(source.poll(0)[0])
     assert len(sink.sent) == 4 and source.done_units == []  # sent, not yet acknowledged
     sink.ack_all()
@@ -137,7 +140,7 @@ def test_policy_stop_stops_at_the_change_and_acknowledges_nothing_after_it(tmp_p
     pipeline, source, sink = _pipeline(tmp_path, [_unit(1, "bad", 100), _unit(2, 3, 200)], policy="stop")
     with pytest.raises(PipelineStopped, match=r"rule 'orders.opened' failed on public.orders .*Policy is 'stop'"):
         pipeline.run(threading.Event())
-    assert source.done_units == [] and len(source.pending) == 1
+    assert source.done_units == [] and len(source.queued) == 1
 
 
 def test_a_failed_delivery_stops_the_pipeline_without_marking_the_change_done(tmp_path: Path) -> None:
