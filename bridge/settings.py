@@ -42,10 +42,10 @@ class DebeziumSource(_Section):
         "adaptive", "adaptive_time_microseconds", "connect", "microseconds", "nanoseconds", "isostring"
     ] = "adaptive"
     unavailable_value_placeholder: str = "__debezium_unavailable_value"
-    transaction_wait_s: float = Field(60.0, gt=0, description="how long an incomplete transaction may wait")
+    transaction_wait_s: float = Field(
+        60.0, gt=0, description="how long transactions may wait with none completing before the bridge stops")
     poll_max_records: int = Field(2000, gt=0)
-    in_step_limit: int = Field(
-        5000, gt=10, description="rows (or END markers) one side may run ahead before its partitions pause")
+
 
     def resolved_transaction_topic(self) -> str:
         return self.transaction_topic or f"{self.topic_prefix}.transaction"

@@ -56,10 +56,7 @@ class DebeziumKafkaSource:
         self._session = _Session(settings.transaction_wait_s)
         self._owned: set[TopicPartition] = set()
         self._last_safe: SourcePosition | None = None
-        self._transaction_topic = settings.resolved_transaction_topic()
-        self._in_step_limit = settings.in_step_limit
-        self._last_xid: dict[TopicPartition, int] = {}  # per table partition: the xid of its last row
-        self._paused: set[TopicPartition] = set()
+
         try:
             self._consumer = KafkaConsumer(
                 bootstrap_servers=settings.bootstrap_servers.split(","),
@@ -95,41 +92,8 @@ class DebeziumKafkaSource:
         for tp, records in batches.items():
             for record in records:
                 units.extend(self._take(tp, record, now))
-        self._keep_in_step()
         self._session.assembler.check_stalled(now)
         return units
-
-    def _keep_in_step(self) -> None:
-        """Pause whichever side runs ahead, so that a backlog is read in step and memory stays bounded.
-
-        Kafka hands out records partition by partition: draining a backlog, one table topic can run far
-        ahead of the transaction topic (rows wait for their END) or the transaction topic ahead of a
-        table (ENDs wait for rows). Only partitions that are ahead are paused, so the one behind always
-        moves and the two cannot wait for each other.
-        """
-        assembler = self._session.assembler
-        limit = self._in_step_limit
-        # A paused table partition is resumed as soon as it is no longer ahead (the transaction topic
-        # caught up with it) or the backlog of rows has shrunk: it may hold rows that ENDs wait for.
-        resume = [tp for tp in self._paused if tp.topic != self._transaction_topic
-                  and (assembler.rows_awaiting_end < limit // 2 or not assembler.awaits_end(self._last_xid[tp]))]
-        if resume:
-            self._consumer.resume(*resume)
-            self._paused.difference_update(resume)
-        if assembler.rows_awaiting_end > limit:
-            ahead = [tp for tp, xid in self._last_xid.items()
-                     if tp in self._owned and tp not in self._paused and assembler.awaits_end(xid)]
-            if ahead:
-                self._consumer.pause(*ahead)
-                self._paused.update(ahead)
-        transaction_tp = [tp for tp in self._owned if tp.topic == self._transaction_topic]
-        ends = assembler.ends_awaiting_rows()
-        if ends > limit and transaction_tp and transaction_tp[0] not in self._paused:
-            self._consumer.pause(*transaction_tp)
-            self._paused.update(transaction_tp)
-        elif ends < limit // 2 and transaction_tp and transaction_tp[0] in self._paused:
-            self._consumer.resume(*transaction_tp)
-            self._paused.difference_update(transaction_tp)
 
     def _take(self, tp: TopicPartition, record: Any, now: float) -> list[SourceUnit]:
         ref = (tp, record.offset)
@@ -143,8 +107,6 @@ class DebeziumKafkaSource:
         if isinstance(decoded, (Heartbeat, Tombstone)):
             session.tracker.done([ref])
             return []
-        if isinstance(decoded, ChangeRecord) and decoded.xid is not None:
-            self._last_xid[tp] = decoded.xid
         if isinstance(decoded, ChangeRecord) and decoded.undeclared_columns:
             return [SourceUnit(None, _Released(session, (ref,)), error=_undeclared(tp, record, decoded),
                                raw=_raw(tp, record))]
@@ -193,13 +155,9 @@ class DebeziumKafkaSource:
         """
         new = set(assigned)
         lost = self._owned - new
-        self._paused &= new  # kafka-python keeps the paused flag of partitions that stay
         if lost:
             rewind = self._session.tracker.committable()
             self._session = _Session(self._settings.transaction_wait_s)
-            if self._paused:  # the new session holds nothing, so nothing is ahead
-                self._consumer.resume(*self._paused)
-                self._paused.clear()
             for tp in self._owned & new:
                 if tp in rewind:
                     self._consumer.seek(tp, rewind[tp])

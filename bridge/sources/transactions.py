@@ -50,7 +50,7 @@ class TransactionAssembler:
         self._pending: dict[int, _Pending] = {}
         self._end_order: OrderedDict[int, None] = OrderedDict()  # xids whose END arrived, in arrival order
         self._max_wait_s = max_wait_s
-        self.rows_awaiting_end = 0  # rows held for transactions whose END has not arrived (flow control)
+        self._last_release: float | None = None  # when a transaction was last released
 
     def add(self, ref: RecordRef, record: DecodedRecord, now: float) -> list[AssembledTransaction]:
         """Take one record; return the transactions it completes (possibly none)."""
@@ -60,17 +60,14 @@ class TransactionAssembler:
             if record.status == "END" and pending.end is None:
                 pending.end = record
                 self._end_order[record.xid] = None
-                self.rows_awaiting_end -= len(pending.rows)
-            return self._release()
+            return self._release(now)
         if isinstance(record, ChangeRecord):
             if record.total_order is None or record.xid is None:
                 # No transaction block: a snapshot read, or a connector without transaction metadata.
                 return [_standalone(record, ref)]
             pending = self._pending_for(record.xid, now)
-            if pending.end is None and record.total_order not in pending.rows:
-                self.rows_awaiting_end += 1
             pending.rows[record.total_order] = (record, ref)  # a re-sent row replaces its first copy
-            return self._release() if record.xid in self._end_order else []
+            return self._release(now) if record.xid in self._end_order else []
         raise TypeError(f"not a change or transaction marker: {record!r}")
 
     def _pending_for(self, xid: int, now: float) -> _Pending:
@@ -79,7 +76,7 @@ class TransactionAssembler:
             pending = self._pending[xid] = _Pending(xid=xid, first_seen=now)
         return pending
 
-    def _release(self) -> list[AssembledTransaction]:
+    def _release(self, now: float) -> list[AssembledTransaction]:
         released = []
         while self._end_order:
             xid = next(iter(self._end_order))
@@ -90,26 +87,27 @@ class TransactionAssembler:
             del self._end_order[xid]
             del self._pending[xid]
             released.append(_assemble(pending))
+        if released:
+            self._last_release = now
         return released
 
     def check_stalled(self, now: float) -> None:
-        """Raise if the oldest unfinished transaction has waited longer than allowed."""
+        """Raise if transactions wait and none has completed for longer than allowed.
+
+        Waiting alone is not stalling: while a backlog is drained, Kafka may hand out one topic's
+        records long before another's, so a transaction can wait minutes for its END or its rows while
+        others keep completing. The bridge gives up only when nothing completes at all.
+        """
         # Entries are kept in the order they were first seen, so the first one is the oldest.
         oldest = next(iter(self._pending.values()), None)
-        if oldest is not None and now - oldest.first_seen > self._max_wait_s:
+        if oldest is None:
+            return
+        since = max(oldest.first_seen, self._last_release or oldest.first_seen)
+        if now - since > self._max_wait_s:
             raise TransactionIncomplete(_stall_message(oldest, now - oldest.first_seen))
 
     def open_transactions(self) -> int:
         return len(self._pending)
-
-    def ends_awaiting_rows(self) -> int:
-        """END markers whose transactions still miss rows (or wait for an earlier one)."""
-        return len(self._end_order)
-
-    def awaits_end(self, xid: int) -> bool:
-        """True while rows of `xid` are held and its END has not been read."""
-        pending = self._pending.get(xid)
-        return pending is not None and pending.end is None
 
 
 def _stall_message(pending: _Pending, waited: float) -> str:

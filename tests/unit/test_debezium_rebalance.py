@@ -18,16 +18,9 @@ ORDERS, ITEMS, TX = (TopicPartition("legacy.public.orders", 0), TopicPartition("
 class RecordingConsumer:
     def __init__(self) -> None:
         self.seeks: list[tuple[TopicPartition, int]] = []
-        self.paused: set[TopicPartition] = set()
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.seeks.append((tp, offset))
-
-    def pause(self, *tps: TopicPartition) -> None:
-        self.paused.update(tps)
-
-    def resume(self, *tps: TopicPartition) -> None:
-        self.paused.difference_update(tps)
 
 
 def _source() -> DebeziumKafkaSource:
@@ -38,10 +31,6 @@ def _source() -> DebeziumKafkaSource:
     source._owned = set()
     source._last_safe = None
     source._consumer = RecordingConsumer()
-    source._transaction_topic = TX.topic
-    source._in_step_limit = 20
-    source._last_xid = {}
-    source._paused = set()
     return source
 
 
@@ -72,44 +61,3 @@ def test_losing_a_partition_restarts_assembly_and_rewinds_the_kept_ones() -> Non
     assert source._session.assembler.open_transactions() == 0
     assert source._consumer.seeks == [(ORDERS, 0)]  # read again from the oldest record not done
 
-
-def _end(xid: int, offset: int) -> SimpleNamespace:
-    value = b'{"status":"END","id":"%d:200","ts_ms":1700000000000,"event_count":1,' \
-            b'"data_collections":[{"data_collection":"public.orders","event_count":1}]}' % xid
-    return SimpleNamespace(offset=offset, key=b'{"id":"%d:200"}' % xid, value=value, headers=[])
-
-
-def test_a_table_running_ahead_of_the_transaction_topic_is_paused_until_it_catches_up() -> None:
-    source = _source()
-    source.partitions_assigned([ORDERS, TX])
-    for offset in range(25):  # 25 transactions' rows, none of their END markers read yet
-        source._take(ORDERS, _order_row(offset, xid=1000 + offset), 0.0)
-    source._keep_in_step()
-    assert source._consumer.paused == {ORDERS}  # ahead: paused; the transaction topic keeps moving
-    released = [unit for offset in range(20) for unit in source._take(TX, _end(1000 + offset, offset), 0.0)]
-    assert len(released) == 20
-    source._keep_in_step()
-    assert source._consumer.paused == set()
-
-
-def test_a_paused_table_is_resumed_once_the_transaction_topic_has_passed_it() -> None:
-    source = _source()
-    source.partitions_assigned([ORDERS, ITEMS, TX])
-    for offset in range(25):  # orders runs ahead by 25 transactions
-        source._take(ORDERS, _order_row(offset, xid=2000 + offset), 0.0)
-    source._keep_in_step()
-    assert source._consumer.paused == {ORDERS}
-    # Another table is ahead too, so the backlog stays large; but once the transaction topic has read
-    # the END of orders' last row, orders must move again (ENDs may be waiting for its rows).
-    for offset in range(25):
-        source._take(ITEMS, _order_row(offset, xid=3000 + offset), 0.0)
-    source._last_xid[ORDERS] = 2024
-    source._session.assembler.add((TX, 99), _end_marker(2024), 0.0)
-    source._keep_in_step()
-    assert ORDERS not in source._consumer.paused and ITEMS in source._consumer.paused
-
-
-def _end_marker(xid: int):
-    from bridge.sources.debezium_records import decode_record
-
-    return decode_record(TX.topic, 0, 99, None, _end(xid, 99).value, [])

@@ -107,3 +107,14 @@ def test_offsets_are_committable_only_below_the_oldest_unfinished_record() -> No
     assert tracker.committable() == {"p": 3}
     tracker.done([("p", 3), ("p", 4)])
     assert tracker.committable() == {"p": 5} and tracker.pending_count() == 0
+
+
+def test_waiting_while_other_transactions_complete_is_not_a_stall() -> None:
+    assembler = TransactionAssembler(max_wait_s=30)
+    assembler.add((("t", 0), 0), row(50, 1), 0.0)  # its END is far behind on the transaction topic
+    for step, xid in enumerate(range(40, 50), start=1):  # meanwhile older transactions keep completing
+        assembler.add((("c", 0), step), row(xid, 1, "customers"), step * 10.0)
+        assembler.add((TX_TOPIC, step), marker("END", xid, 100 + step, 1), step * 10.0)
+    assembler.check_stalled(100.0)  # waited 100 s, but the last release was at 100 s
+    with pytest.raises(TransactionIncomplete, match="xid 50"):
+        assembler.check_stalled(131.0)
