@@ -122,7 +122,18 @@ class DebeziumKafkaSource:
         if handle.session is not self._session:
             return  # from before a rebalance: its records are being read again
         handle.done = True
-        self._session.tracker.done(handle.records)
+        session = self._session
+        if handle.item is None:  # an undecodable record: one record, nothing ordered after it
+            session.tracker.done(handle.records)
+            return
+        # Transactions are released to the sink in commit order but acknowledged in any order (their
+        # events go to different partitions). Their records count as done only in commit order: were a
+        # later transaction's END committed before an earlier one's, a restart would read that END again
+        # without its rows (committed already) and wait for them forever.
+        while session.released and session.released[0].done:
+            finished = session.released.popleft()
+            session.tracker.done(finished.records)
+            session.finished.append(finished)
 
     def pending(self) -> int:
         return self._session.tracker.pending_count()
@@ -135,11 +146,10 @@ class DebeziumKafkaSource:
                 self._consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()})
             except KafkaError as exc:
                 raise ServiceUnavailable(f"committing Debezium offsets failed: {exc}") from exc
-        # A done transaction whose records all lie below the committed offsets can never be replayed:
-        # the prefix of those (in commit order) bounds what the prior-row store may forget.
-        while session.released and session.released[0].done and all(
-                offset < offsets.get(tp, -1) for tp, offset in session.released[0].records):
-            changes = session.released.popleft().transaction.changes
+        # A finished transaction whose records all lie below the committed offsets can never be replayed:
+        # those (in commit order) bound what the prior-row store may forget.
+        while session.finished and all(offset < offsets.get(tp, -1) for tp, offset in session.finished[0].records):
+            changes = session.finished.popleft().transaction.changes
             if changes:
                 self._last_safe = max(c.position for c in changes)
         return self._last_safe
@@ -173,7 +183,8 @@ class _Session:
     def __init__(self, transaction_wait_s: float) -> None:
         self.tracker = OffsetTracker()
         self.assembler = TransactionAssembler(max_wait_s=transaction_wait_s)
-        self.released: deque[_Released] = deque()  # in release (commit) order; a done prefix is safe
+        self.released: deque[_Released] = deque()  # handed to the pipeline, in commit order, not yet finished
+        self.finished: deque[_Released] = deque()  # done in commit order, offsets maybe not yet committed
 
 
 @dataclass(slots=True)

@@ -61,3 +61,25 @@ def test_losing_a_partition_restarts_assembly_and_rewinds_the_kept_ones() -> Non
     assert source._session.assembler.open_transactions() == 0
     assert source._consumer.seeks == [(ORDERS, 0)]  # read again from the oldest record not done
 
+
+
+def _end(xid: int, offset: int) -> SimpleNamespace:
+    value = b'{"status":"END","id":"%d:200","ts_ms":1700000000000,"event_count":1,' \
+            b'"data_collections":[{"data_collection":"public.orders","event_count":1}]}' % xid
+    return SimpleNamespace(offset=offset, key=b'{"id":"%d:200"}' % xid, value=value, headers=[])
+
+
+def test_offsets_move_only_past_transactions_finished_in_commit_order() -> None:
+    """Acks arrive in any order; were the later END committed first, a restart would re-read it
+    without its (committed) rows and wait forever."""
+    source = _source()
+    source.partitions_assigned([ORDERS, TX])
+    units = []
+    for offset, xid in enumerate((10, 11)):
+        source._take(ORDERS, _order_row(offset, xid=xid), 0.0)
+        units += source._take(TX, _end(xid, offset), 0.0)
+    first, second = units
+    source.done(second)
+    assert source._session.tracker.committable() == {ORDERS: 0, TX: 0}
+    source.done(first)
+    assert source._session.tracker.committable() == {ORDERS: 2, TX: 2}
