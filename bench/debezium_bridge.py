@@ -21,16 +21,13 @@ import time
 import uuid
 from pathlib import Path
 
-import psycopg
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "deploy" / "local"))
 
 import connectors  # noqa: E402
-from legacy_db.migrate import apply_migrations  # noqa: E402
 from legacy_db.simulate import run_simulation  # noqa: E402
-from tests.support.kafka_reading import read_all  # noqa: E402
+from tests.support.databases import create_legacy_database  # noqa: E402
 from tests.support.local_stack import read_stack, run_stack  # noqa: E402
 
 TABLES = ("customers", "customer_addresses", "menu_items", "orders", "order_items")
@@ -40,10 +37,7 @@ def prepare(stack, changes: int) -> tuple[str, list[str], int]:
     """A fresh database, a connector, and at least `changes` row changes published by Debezium."""
     suffix = uuid.uuid4().hex[:6]
     database = f"bench_{suffix}"
-    with psycopg.connect(stack.admin_dsn, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{database}"')
-    dsn = stack.admin_dsn.rsplit("/", 1)[0] + f"/{database}"
-    apply_migrations(dsn)
+    dsn = create_legacy_database(stack.admin_dsn, database)
     prefix = f"bench{suffix}"
     _, config = connectors.load_definition(REPO / "deploy/connectors/restaurant-postgres.json", {
         "database.hostname": "127.0.0.1", "database.port": str(stack.pg_port), "database.password": "",

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import psycopg
 import pytest
 
-from legacy_db.migrate import apply_migrations
-
+from tests.support.databases import create_legacy_database, drop_database
 from tests.support.local_stack import REPO_ROOT, StackInfo, start_session_stack, stop_session_stack
 
 sys.path.insert(0, str(REPO_ROOT / "deploy" / "local"))
@@ -49,43 +46,15 @@ def stack() -> Iterator[StackInfo]:
         stop_session_stack(info.state_dir)
 
 
-def _dsn_for(stack: StackInfo, database: str) -> str:
-    return stack.admin_dsn.rsplit("/", 1)[0] + f"/{database}"
-
-
 @pytest.fixture
 def fresh_legacy_db(stack: StackInfo) -> Iterator[str]:
     """A new database with the legacy schema migrated and no rows; dropped afterwards."""
     name = f"legacy_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(stack.admin_dsn, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = _dsn_for(stack, name)
-    apply_migrations(dsn)
+    dsn = create_legacy_database(stack.admin_dsn, name)
     try:
         yield dsn
     finally:
-        _drop_database(stack, name)
-
-
-def _drop_database(stack: StackInfo, name: str) -> None:
-    """Drop the database and any replication slot on it (a slot would keep it alive)."""
-    with psycopg.connect(stack.admin_dsn, autocommit=True) as admin:
-        deadline = time.monotonic() + 30
-        while True:
-            slots = admin.execute(
-                "SELECT slot_name, active_pid FROM pg_replication_slots WHERE database = %s", (name,)
-            ).fetchall()
-            if not slots:
-                break
-            for slot_name, active_pid in slots:
-                if active_pid is not None:
-                    admin.execute("SELECT pg_terminate_backend(%s)", (active_pid,))
-                else:
-                    admin.execute("SELECT pg_drop_replication_slot(%s)", (slot_name,))
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"replication slots on {name} stayed active: {slots}")
-            time.sleep(0.2)
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(stack.admin_dsn, name)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 from legacy_db.migrate import apply_migrations, available_migrations
 from legacy_db.simulate import run_simulation
 from legacy_db.tables import CLOCK_COLUMNS, TABLE_NAMES, metadata
+from tests.support.databases import create_legacy_database, drop_database
 
 pytestmark = pytest.mark.integration
 
@@ -41,15 +42,11 @@ def _contents_without_clocks(dsn: str) -> dict[str, list[tuple[Any, ...]]]:
 def twin_legacy_db(fresh_legacy_db: str) -> Iterator[str]:
     """A second fresh, migrated database on the same server, for comparing two runs."""
     name = f"legacy_twin_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(fresh_legacy_db, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    dsn = fresh_legacy_db.rsplit("/", 1)[0] + f"/{name}"
+    dsn = create_legacy_database(fresh_legacy_db, name)
     try:
-        apply_migrations(dsn)
         yield dsn
     finally:
-        with psycopg.connect(fresh_legacy_db, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(fresh_legacy_db, name)
 
 
 def test_migrations_are_recorded_and_idempotent(fresh_legacy_db: str) -> None:
