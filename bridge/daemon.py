@@ -19,8 +19,8 @@ from typing import Any
 from bridge.errors import ConfigurationError, MappingError
 from bridge.mapping.loader import load_mappings
 from bridge.pipeline import Pipeline, PipelineStats
-from bridge.settings import Settings
 from bridge.ports import EventSink
+from bridge.settings import Settings
 from bridge.sinks.kafka import KafkaEventSink
 from bridge.sinks.locallog import LocalLogEventSink
 from bridge.sources.debezium import DebeziumKafkaSource

@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.errors import BridgeError, ChangeError, DeliveryError
+from bridge.errors import BridgeError, DeliveryError
 from bridge.mapping.translate import translate
 from bridge.ports import ChangeSource, EventSink, SourceUnit
 from bridge.sinks.dead_letters import dead_letter_for_change, dead_letter_for_record
@@ -198,7 +198,7 @@ class Pipeline:
             pass
         try:
             self._checkpoint()
-        except (BridgeError, ChangeError) as exc:
+        except BridgeError as exc:
             log.error("final checkpoint failed", extra={"error": str(exc)})
 
     def drain(self, timeout_s: float = 60.0) -> None:

@@ -29,9 +29,7 @@ class OffsetTracker:
     def done(self, records: Iterable[tuple[Hashable, int]]) -> None:
         """Mark records as fully handled (their events acknowledged, or nothing to publish)."""
         for partition, offset in records:
-            queue = self._pending.get(partition)
-            if queue is None:
-                continue  # revoked since it was read: its new owner reads it again
+            queue = self._pending[partition]
             self._done.setdefault(partition, set()).add(offset)
             finished = self._done[partition]
             while queue and queue[0] in finished:
@@ -47,10 +45,3 @@ class OffsetTracker:
 
     def pending_count(self) -> int:
         return sum(len(queue) for queue in self._pending.values())
-
-    def forget(self, partitions: Iterable[Hashable]) -> None:
-        """Drop partitions that were revoked; their uncommitted records will be read again by whoever owns them."""
-        for partition in partitions:
-            self._pending.pop(partition, None)
-            self._done.pop(partition, None)
-            self._next.pop(partition, None)
