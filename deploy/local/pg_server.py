@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
-from procs import StackError, free_port, give_to, require_port_free, run, unprivileged_user, wait_until
+from procs import (
+    StackError,
+    free_port,
+    give_to,
+    require_port_free,
+    run,
+    searchable_by_others,
+    unprivileged_user,
+    wait_until,
+)
 
 DATABASE = "restaurant"
 
@@ -69,7 +80,7 @@ def start(state: Path, port: int | None) -> dict:
     """Initialise (first time) and start the server; create the legacy database. Returns its facts."""
     bindir = find_bindir()
     account = unprivileged_user()
-    home = state / "postgres"
+    home = _home(state, account)
     data = home / "data"
     log_file = home / "postgres.log"
     home.mkdir(parents=True, exist_ok=True)
@@ -93,6 +104,7 @@ def start(state: Path, port: int | None) -> dict:
         "version": server_version(bindir),
         "port": port,
         "pid": pid,
+        "home": str(home),
         "data_dir": str(data),
         "log": str(log_file),
         "os_user": account,
@@ -100,6 +112,16 @@ def start(state: Path, port: int | None) -> dict:
         "dsn": f"postgresql://postgres@127.0.0.1:{port}/{DATABASE}",
         "database": DATABASE,
     }
+
+
+def _home(state: Path, account: str | None) -> Path:
+    """The server's folder: under the state directory, unless the account PostgreSQL runs as cannot
+    reach it there (a clone inside a mode-700 folder, such as a mktemp directory); then a folder of its
+    own in the system's temporary directory, named after the state directory and removed with it."""
+    if account is None or searchable_by_others(state):
+        return state / "postgres"
+    digest = hashlib.sha1(str(state).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"cdc-bridge-postgres-{digest}"
 
 
 def _accepts(bindir: Path, port: int) -> bool:

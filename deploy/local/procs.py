@@ -81,6 +81,11 @@ def unprivileged_user() -> str | None:
     return account
 
 
+def searchable_by_others(path: Path) -> bool:
+    """Whether another account can reach `path`: it and every parent carry the x bit for others."""
+    return all(p.stat().st_mode & 0o001 for p in (path, *path.parents) if p.exists())
+
+
 def give_to(path: Path, account: str | None) -> None:
     """Let `account` own `path` (recursively) and reach it through its parents."""
     if account is None:
@@ -94,8 +99,7 @@ def give_to(path: Path, account: str | None) -> None:
         if not mode & 0o001:
             raise StackError(
                 f"PostgreSQL runs as {account!r}, which cannot enter {parent} (mode {oct(mode & 0o777)}). "
-                f"Fix: choose a state directory under a world-searchable path with --state or "
-                f"BRIDGE_STATE_DIR (the default, .state/ in the repository, is)."
+                f"Fix: make {parent} searchable (chmod o+x) or set TMPDIR to a world-searchable directory."
             )
 
 

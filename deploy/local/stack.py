@@ -110,8 +110,14 @@ def down(state: Path, purge: bool) -> None:
             _stop_one(stack, name)
             print(f"{name}: {'stopped' if was_running else 'was not running'}", flush=True)
     if purge:
-        shutil.rmtree(state, ignore_errors=True)
-        print(f"removed {state}")
+        # PostgreSQL's folder lives outside the state directory when its account could not reach it there.
+        folders = [state]
+        pg_home = Path(stack.get("postgres", {}).get("home", state))
+        if not pg_home.is_relative_to(state):
+            folders.append(pg_home)
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+            print(f"removed {folder}")
     elif stack:
         save_json(_stack_file(state), {})
 
