@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 
 from jars import Jars, debezium_version, kafka_version
-from procs import StackError, free_port, java_binary, port_open, require_port_free, run, spawn, wait_until
+from procs import free_port, java_binary, port_open, require_port_free, run, spawn, wait_until
 
 LOG4J2 = """\
 status = warn

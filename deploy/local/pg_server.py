@@ -83,22 +83,32 @@ def start(state: Path, port: int | None) -> dict:
     home = _home(state, account)
     data = home / "data"
     log_file = home / "postgres.log"
-    home.mkdir(parents=True, exist_ok=True)
     if port is None:
         port = free_port()
     require_port_free(port, "PostgreSQL")
-    give_to(home, account)
-    if not (data / "PG_VERSION").exists():
-        run([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-             "--no-instructions"], what="initdb", user=account)
-    # No Unix socket: its path would be limited to 107 bytes, and everything here speaks TCP.
-    options = " ".join(f"-c {k}={v}" for k, v in {**SERVER_SETTINGS, "port": str(port)}.items())
-    options += " -c unix_socket_directories=''"
-    run([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log_file), "-o", options, "-w", "-t", "60", "start"],
-        what="Starting PostgreSQL", user=account)
-    pid = int((data / "postmaster.pid").read_text().splitlines()[0])
-    wait_until(lambda: _accepts(bindir, port), pid=pid, service="PostgreSQL", log_file=log_file, timeout=30)
-    _create_database(bindir, port)
+    fresh_outside_state = not home.exists() and not home.is_relative_to(state)
+    home.mkdir(parents=True, exist_ok=True)
+    try:
+        give_to(home, account)
+        if not (data / "PG_VERSION").exists():
+            run([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+                 "--no-instructions"], what="initdb", user=account)
+        # No Unix socket: its path would be limited to 107 bytes, and everything here speaks TCP.
+        options = " ".join(f"-c {k}={v}" for k, v in {**SERVER_SETTINGS, "port": str(port)}.items())
+        options += " -c unix_socket_directories=''"
+        run([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log_file), "-o", options, "-w", "-t", "60",
+             "start"], what="Starting PostgreSQL", user=account)
+        pid = int((data / "postmaster.pid").read_text().splitlines()[0])
+        wait_until(lambda: _accepts(bindir, port), pid=pid, service="PostgreSQL", log_file=log_file, timeout=30)
+        _create_database(bindir, port)
+    except BaseException:
+        # Not yet in stack.json, so `down` could not find it: leave neither a server nor a stray folder.
+        if (data / "postmaster.pid").exists():
+            subprocess.run([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+                           user=account, capture_output=True, check=False)
+        if fresh_outside_state:
+            shutil.rmtree(home, ignore_errors=True)
+        raise
     return {
         "bindir": str(bindir),
         "version": server_version(bindir),

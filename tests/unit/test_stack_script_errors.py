@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 STACK = Path(__file__).resolve().parents[2] / "deploy" / "local" / "stack.py"
@@ -22,6 +23,7 @@ def _stack(state: Path, *args: str, env: dict[str, str] | None = None, python: l
 
 
 def test_a_taken_port_is_named_with_the_way_out(tmp_path: Path) -> None:
+    strays_before = set(Path(tempfile.gettempdir()).glob("cdc-bridge-postgres-*"))
     with socket.socket() as occupant:
         occupant.bind(("127.0.0.1", 0))
         occupant.listen()
@@ -30,6 +32,8 @@ def test_a_taken_port_is_named_with_the_way_out(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert f"port 127.0.0.1:{port} is already taken" in done.stderr
     assert "leave the port unset" in done.stderr
+    # tmp_path is mode 700, so the server's folder would have gone to the temp dir: nothing is left there.
+    assert set(Path(tempfile.gettempdir()).glob("cdc-bridge-postgres-*")) == strays_before
 
 
 def test_missing_postgres_binaries_say_how_to_get_them(tmp_path: Path) -> None:
