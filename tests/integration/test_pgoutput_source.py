@@ -27,11 +27,11 @@ TABLES = ("customers", "customer_addresses", "menu_items", "orders", "order_item
 
 
 @pytest.fixture
-def names(fresh_legacy_db: str) -> Iterator[str]:
+def names(legacy_db_any: str) -> Iterator[str]:
     """A slot and publication name for this test; the slot is dropped afterwards."""
     name = f"pgs_{uuid.uuid4().hex[:8]}"
     yield name
-    with psycopg.connect(fresh_legacy_db, autocommit=True) as conn:
+    with psycopg.connect(legacy_db_any, autocommit=True) as conn:
         deadline = time.monotonic() + 10
         while conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s AND active",
                            (name,)).fetchone() and time.monotonic() < deadline:
@@ -82,11 +82,11 @@ def wait_for_flush(dsn: str, slot: str, at_least: int, source: PgOutputChangeSou
     return lsn
 
 
-def test_publication_and_slot_are_created_for_exactly_the_tables(fresh_legacy_db: str, names: str) -> None:
-    source = PgOutputChangeSource(settings(fresh_legacy_db, names), ["orders", "customers"])
+def test_publication_and_slot_are_created_for_exactly_the_tables(legacy_db_any: str, names: str) -> None:
+    source = PgOutputChangeSource(settings(legacy_db_any, names), ["orders", "customers"])
     try:
         assert source.created_publication and source.created_slot
-        with psycopg.connect(fresh_legacy_db, autocommit=True) as conn:
+        with psycopg.connect(legacy_db_any, autocommit=True) as conn:
             published = set(conn.execute("SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s",
                                          (names,)).fetchall())
             slot = conn.execute("SELECT plugin, slot_type FROM pg_replication_slots WHERE slot_name = %s",
@@ -96,27 +96,27 @@ def test_publication_and_slot_are_created_for_exactly_the_tables(fresh_legacy_db
         assert source.slot_lag_bytes() >= 0
     finally:
         source.close()
-    again = PgOutputChangeSource(settings(fresh_legacy_db, names), ["customers", "orders"])
+    again = PgOutputChangeSource(settings(legacy_db_any, names), ["customers", "orders"])
     try:
         assert not again.created_publication and not again.created_slot  # found, reused, nothing dropped
     finally:
         again.close()
 
 
-def test_a_publication_with_other_tables_is_refused_with_the_fix(fresh_legacy_db: str, names: str) -> None:
-    with psycopg.connect(fresh_legacy_db, autocommit=True) as conn:
+def test_a_publication_with_other_tables_is_refused_with_the_fix(legacy_db_any: str, names: str) -> None:
+    with psycopg.connect(legacy_db_any, autocommit=True) as conn:
         conn.execute(f"CREATE PUBLICATION {names} FOR TABLE customers, menu_items")
     with pytest.raises(ConfigurationError) as caught:
-        PgOutputChangeSource(settings(fresh_legacy_db, names), ["customers", "orders"])
+        PgOutputChangeSource(settings(legacy_db_any, names), ["customers", "orders"])
     message = str(caught.value)
     assert "public.orders" in message and "public.menu_items" in message
     assert f'ALTER PUBLICATION "{names}" SET TABLE "public"."customers", "public"."orders"' in message
 
 
-def test_simulated_traffic_comes_out_as_the_simulators_transactions(fresh_legacy_db: str, names: str) -> None:
-    source = PgOutputChangeSource(settings(fresh_legacy_db, names), TABLES)
+def test_simulated_traffic_comes_out_as_the_simulators_transactions(legacy_db_any: str, names: str) -> None:
+    source = PgOutputChangeSource(settings(legacy_db_any, names), TABLES)
     try:
-        report = run_simulation(fresh_legacy_db, seed=7, count=300, durable_commits=True)
+        report = run_simulation(legacy_db_any, seed=7, count=300, durable_commits=True)
         units = collect(source, len(report.transactions))
     finally:
         source.close()
@@ -129,11 +129,11 @@ def test_simulated_traffic_comes_out_as_the_simulators_transactions(fresh_legacy
     assert commits == sorted(commits) and len(set(commits)) == len(commits)
 
 
-def test_only_acknowledged_transactions_advance_the_slot(fresh_legacy_db: str, names: str) -> None:
-    config = settings(fresh_legacy_db, names)
+def test_only_acknowledged_transactions_advance_the_slot(legacy_db_any: str, names: str) -> None:
+    config = settings(legacy_db_any, names)
     first = PgOutputChangeSource(config, TABLES)
     try:
-        report = run_simulation(fresh_legacy_db, seed=3, count=40, durable_commits=True)
+        report = run_simulation(legacy_db_any, seed=3, count=40, durable_commits=True)
         units = collect(first, 40)
         assert first.commit() is None  # nothing done yet
         for unit in units[:15]:
@@ -142,12 +142,12 @@ def test_only_acknowledged_transactions_advance_the_slot(fresh_legacy_db: str, n
         safe = first.commit()
         acked = units[14].transaction.commit_lsn
         assert safe is not None and safe.commit_lsn == acked
-        assert wait_for_flush(fresh_legacy_db, names, acked, first) == acked
+        assert wait_for_flush(legacy_db_any, names, acked, first) == acked
         first.poll(1.0)  # keepalives and status updates while idle must not move it further
         first.commit()
     finally:
         first.close()
-    assert confirmed_flush(fresh_legacy_db, names) == acked
+    assert confirmed_flush(legacy_db_any, names) == acked
 
     second = PgOutputChangeSource(config, TABLES)  # a restart: the unacknowledged come again
     try:
@@ -157,7 +157,7 @@ def test_only_acknowledged_transactions_advance_the_slot(fresh_legacy_db: str, n
             second.done(unit)
         last = again[-1].transaction.commit_lsn
         assert second.commit().commit_lsn == last
-        assert wait_for_flush(fresh_legacy_db, names, last, second) >= last
+        assert wait_for_flush(legacy_db_any, names, last, second) >= last
     finally:
         second.close()
 
@@ -170,10 +170,10 @@ def test_only_acknowledged_transactions_advance_the_slot(fresh_legacy_db: str, n
         third.close()
 
 
-def test_a_quiet_databases_slot_advances_through_heartbeats(fresh_legacy_db: str, names: str) -> None:
-    source = PgOutputChangeSource(settings(fresh_legacy_db, names, heartbeat_interval_s=0.3), TABLES)
+def test_a_quiet_databases_slot_advances_through_heartbeats(legacy_db_any: str, names: str) -> None:
+    source = PgOutputChangeSource(settings(legacy_db_any, names, heartbeat_interval_s=0.3), TABLES)
     try:
-        start = confirmed_flush(fresh_legacy_db, names)
+        start = confirmed_flush(legacy_db_any, names)
         heartbeats: list[SourceUnit] = []
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline:
@@ -185,19 +185,19 @@ def test_a_quiet_databases_slot_advances_through_heartbeats(fresh_legacy_db: str
         assert len(heartbeats) >= 2
         newest = heartbeats[-1].transaction.commit_lsn
         assert newest > start
-        assert wait_for_flush(fresh_legacy_db, names, newest, source) >= newest
+        assert wait_for_flush(legacy_db_any, names, newest, source) >= newest
         assert source.slot_lag_bytes() < newest - start + 1_000_000
     finally:
         source.close()
 
 
-def test_an_undecodable_transaction_is_a_unit_with_its_error_and_still_acknowledged(fresh_legacy_db: str,
+def test_an_undecodable_transaction_is_a_unit_with_its_error_and_still_acknowledged(legacy_db_any: str,
                                                                                       names: str) -> None:
-    with psycopg.connect(fresh_legacy_db, autocommit=True) as conn:
+    with psycopg.connect(legacy_db_any, autocommit=True) as conn:
         conn.execute("CREATE TABLE odd (id int PRIMARY KEY, p point)")  # point has no exact decoder
-    source = PgOutputChangeSource(settings(fresh_legacy_db, names), ["odd"])
+    source = PgOutputChangeSource(settings(legacy_db_any, names), ["odd"])
     try:
-        with psycopg.connect(fresh_legacy_db) as conn:
+        with psycopg.connect(legacy_db_any) as conn:
             bad_xid = conn.execute("INSERT INTO odd VALUES (1, '(1,2)') RETURNING pg_current_xact_id()::text"
                                    ).fetchone()[0]
             conn.commit()
@@ -213,13 +213,13 @@ def test_an_undecodable_transaction_is_a_unit_with_its_error_and_still_acknowled
         source.done(good)
         last = good.transaction.commit_lsn
         assert source.commit().commit_lsn == last
-        assert wait_for_flush(fresh_legacy_db, names, last, source) >= last
+        assert wait_for_flush(legacy_db_any, names, last, source) >= last
     finally:
         source.close()
 
 
-def test_acknowledged_heartbeats_do_not_come_again_after_a_restart(fresh_legacy_db: str, names: str) -> None:
-    config = settings(fresh_legacy_db, names, heartbeat_interval_s=0.2)
+def test_acknowledged_heartbeats_do_not_come_again_after_a_restart(legacy_db_any: str, names: str) -> None:
+    config = settings(legacy_db_any, names, heartbeat_interval_s=0.2)
     source = PgOutputChangeSource(config, TABLES)
     try:
         heartbeats: list[SourceUnit] = []
@@ -230,7 +230,7 @@ def test_acknowledged_heartbeats_do_not_come_again_after_a_restart(fresh_legacy_
         newest = source.commit().commit_lsn
     finally:
         source.close()
-    again = PgOutputChangeSource(settings(fresh_legacy_db, names), TABLES)  # no new heartbeats of its own
+    again = PgOutputChangeSource(settings(legacy_db_any, names), TABLES)  # no new heartbeats of its own
     try:
         deadline = time.monotonic() + 1.5
         while time.monotonic() < deadline:
@@ -239,9 +239,9 @@ def test_acknowledged_heartbeats_do_not_come_again_after_a_restart(fresh_legacy_
         again.close()
 
 
-def test_a_resent_message_at_the_acknowledged_position_is_skipped(fresh_legacy_db: str, names: str) -> None:
+def test_a_resent_message_at_the_acknowledged_position_is_skipped(legacy_db_any: str, names: str) -> None:
     """Nothing at or before confirmed_flush_lsn comes again, even a message starting exactly there."""
-    source = PgOutputChangeSource(settings(fresh_legacy_db, names, heartbeat_interval_s=0.2), TABLES)
+    source = PgOutputChangeSource(settings(legacy_db_any, names, heartbeat_interval_s=0.2), TABLES)
     try:
         first: list[SourceUnit] = []
         while not first:
@@ -249,10 +249,10 @@ def test_a_resent_message_at_the_acknowledged_position_is_skipped(fresh_legacy_d
     finally:
         source.close()  # not acknowledged by the source itself
     at = first[0].transaction.commit_lsn
-    with psycopg.connect(fresh_legacy_db, autocommit=True) as conn:
+    with psycopg.connect(legacy_db_any, autocommit=True) as conn:
         conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (names, f"{at >> 32:X}/{at & 0xFFFFFFFF:X}"))
-    assert confirmed_flush(fresh_legacy_db, names) == at
-    again = PgOutputChangeSource(settings(fresh_legacy_db, names), TABLES)
+    assert confirmed_flush(legacy_db_any, names) == at
+    again = PgOutputChangeSource(settings(legacy_db_any, names), TABLES)
     try:
         deadline = time.monotonic() + 1.5
         while time.monotonic() < deadline:
@@ -267,3 +267,38 @@ def test_an_unreachable_server_is_service_unavailable_without_the_password() -> 
         PgOutputChangeSource(settings(dsn, "unused"), ["customers"])
     assert "127.0.0.1" in str(caught.value) and "port=1" in str(caught.value)
     assert "s3cret" not in str(caught.value)
+
+
+def test_keepalives_never_confirm_a_received_but_unacknowledged_transaction(legacy_db_any: str,
+                                                                             names: str) -> None:
+    """Transactions interleave in the WAL: A begins, B and C commit, A commits; the stream sends B, C, A.
+
+    With only B done, the slot must stay exactly at B's commit however many keepalives arrive (psycopg2's
+    cursor would move its reported flush to a keepalive's WAL end by itself, confirming C and A unsent).
+    """
+    source = PgOutputChangeSource(settings(legacy_db_any, names), TABLES)
+    insert = ("INSERT INTO customers (email, full_name, created_at, updated_on) "
+              "VALUES (%s, 'x', now(), now()::timestamp)")
+    try:
+        with psycopg.connect(legacy_db_any) as early, psycopg.connect(legacy_db_any, autocommit=True) as other:
+            early.execute(insert, ("a@example.com",))
+            other.execute(insert, ("b@example.com",))
+            other.execute(insert, ("c@example.com",))
+            early.commit()
+        units = collect(source, 3)
+        emails = [u.transaction.changes[0].after["email"] for u in units]
+        assert emails == ["b@example.com", "c@example.com", "a@example.com"]
+        source.done(units[0])
+        acked = source.commit().commit_lsn
+        assert acked == units[0].transaction.commit_lsn
+        wait_for_flush(legacy_db_any, names, acked, source)
+        before = source.keepalives_received
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            source.poll(0.2)
+            source.commit()
+        assert source.keepalives_received > before, "no keepalive arrived: the test proved nothing"
+        assert confirmed_flush(legacy_db_any, names) == acked
+    finally:
+        source.close()
+    assert confirmed_flush(legacy_db_any, names) == acked

@@ -1,0 +1,179 @@
+"""The streaming replication protocol (START_REPLICATION ... LOGICAL) over psycopg 3's libpq binding.
+
+psycopg 3 has no replication API at the connection level, but `psycopg.pq` exposes libpq itself:
+a `replication=database` connection, COPY BOTH mode, and the copy-data calls. Driving the protocol
+here, rather than through psycopg2's LogicalReplicationCursor, matters for safety: psycopg2 2.9
+moves the flush position it reports to the server by itself, to a keepalive's WAL end, whenever our
+last reported flush is at or past the start of the last message received. With concurrent writers a
+transaction's Begin can start before an earlier-committed transaction's end, so that rule can confirm
+a transaction that was received but not yet delivered, and a crash would lose it. Here the server
+hears only the positions the caller reports (`send_status`), never anything it inferred.
+
+Message layouts (PostgreSQL "Streaming Replication Protocol"):
+  XLogData      'w' dataStart(8) walEnd(8) sendTime(8) payload
+  Keepalive     'k' walEnd(8) sendTime(8) replyRequested(1)
+  Status update 'r' write(8) flush(8) apply(8) clientTime(8) replyRequested(1)
+"""
+
+from __future__ import annotations
+
+import select
+import struct
+import time
+from collections.abc import Mapping
+
+import psycopg
+from psycopg import pq
+from psycopg.conninfo import make_conninfo
+
+from bridge.errors import ConfigurationError, ServiceUnavailable
+from bridge.sources.pgoutput_protocol import lsn_text
+
+_XLOG_HEADER = struct.Struct(">QQQ")
+_KEEPALIVE = struct.Struct(">QQB")
+_STATUS = struct.Struct(">cQQQqB")
+# PostgreSQL timestamps count microseconds from 2000-01-01 UTC.
+_PG_EPOCH_OFFSET_S = 946_684_800
+
+_SQLSTATE_OBJECT_IN_USE = "55006"
+_SQLSTATE_UNDEFINED_OBJECT = "42704"
+_SQLSTATE_INSUFFICIENT_PRIVILEGE = "42501"
+
+
+class ReplicationStream:
+    """One logical replication stream: read XLogData payloads, report positions, answer keepalives."""
+
+    def __init__(self, dsn: str, *, where: str, session_options: str, application_name: str) -> None:
+        self._where = where
+        conninfo = make_conninfo(dsn, replication="database", options=session_options,
+                                 application_name=application_name)
+        self._conn = pq.PGconn.connect(conninfo.encode())
+        self._finished = False
+        if self._conn.status != pq.ConnStatus.OK:
+            text = _text(self._conn.error_message)
+            self.close()
+            if "pg_hba.conf" in text:
+                raise ConfigurationError(
+                    f"PostgreSQL at {where} refuses the replication connection: {text}. Allow it in "
+                    "pg_hba.conf (a `replication` entry is not needed for logical slots, but the database entry "
+                    "must admit this user)")
+            if "superuser or replication role" in text or "permission denied" in text:
+                raise ConfigurationError(
+                    f"PostgreSQL at {where} refuses the replication connection: {text}. The user needs the "
+                    "REPLICATION attribute (ALTER ROLE <user> REPLICATION) or superuser")
+            raise ServiceUnavailable(f"cannot open a replication connection to {where}: {text}")
+        self.reported_lsn = 0  # what the server was last told is flushed
+        self.server_wal_end = 0  # the server's WAL end from the last message: for lag, never for feedback
+        self.last_status_at = 0.0
+        self.keepalives = 0
+
+    def start(self, slot: str, start_lsn: int, options: Mapping[str, str]) -> None:
+        plugin_options = ", ".join(f"{_identifier(k)} {_literal(v)}" for k, v in options.items())
+        command = f"START_REPLICATION SLOT {_identifier(slot)} LOGICAL {lsn_text(start_lsn)} ({plugin_options})"
+        self._conn.send_query(command.encode())
+        result = self._conn.get_result()
+        if result is not None and result.status == pq.ExecStatus.COPY_BOTH:
+            return
+        text = _text(result.error_message if result is not None else self._conn.error_message)
+        state = _sqlstate(result)
+        if state == _SQLSTATE_OBJECT_IN_USE:
+            raise ServiceUnavailable(
+                f"replication slot {slot!r} on {self._where} is in use by another process ({text}): "
+                "is another bridge running with the same source.slot_name?")
+        if state == _SQLSTATE_INSUFFICIENT_PRIVILEGE:
+            raise ConfigurationError(
+                f"cannot stream replication slot {slot!r} on {self._where}: {text}. The user needs the "
+                "REPLICATION attribute (ALTER ROLE <user> REPLICATION) or superuser")
+        if state == _SQLSTATE_UNDEFINED_OBJECT:
+            raise ConfigurationError(f"cannot stream replication slot {slot!r} on {self._where}: {text}")
+        raise ServiceUnavailable(f"cannot start streaming slot {slot!r} from {self._where}: {text}")
+
+    def read(self) -> tuple[int, bytes] | None:
+        """The next XLogData message as (dataStart, payload), or None when nothing is buffered.
+
+        Keepalives are consumed here; one that asks for a reply gets the last reported position.
+        """
+        conn = self._conn
+        while True:
+            try:
+                size, data = conn.get_copy_data(1)
+                if size == 0:
+                    conn.consume_input()  # nothing buffered: take what the socket has, without blocking
+                    size, data = conn.get_copy_data(1)
+                    if size == 0:
+                        return None
+            except psycopg.OperationalError as exc:
+                raise self._broken(str(exc)) from exc
+            if size < 0:
+                raise self._broken(self._end_reason())
+            kind = data[0]
+            if kind == 0x77:  # 'w'
+                data_start, wal_end, _ = _XLOG_HEADER.unpack_from(data, 1)
+                self.server_wal_end = max(self.server_wal_end, wal_end)
+                return data_start, bytes(data[1 + _XLOG_HEADER.size:])
+            if kind == 0x6B:  # 'k'
+                wal_end, _, reply_requested = _KEEPALIVE.unpack_from(data, 1)
+                self.server_wal_end = max(self.server_wal_end, wal_end)
+                self.keepalives += 1
+                if reply_requested:
+                    self.send_status(self.reported_lsn)
+                continue
+            raise self._broken(f"unexpected replication message type {bytes(data[:1])!r}")
+
+    def wait(self, timeout_s: float) -> None:
+        """Block until the server sends something or `timeout_s` passes."""
+        if timeout_s > 0:
+            select.select([self._conn.socket], [], [], timeout_s)
+
+    def send_status(self, flush_lsn: int) -> None:
+        """Tell the server everything up to `flush_lsn` is durably handled (never moves backwards)."""
+        self.reported_lsn = max(self.reported_lsn, flush_lsn)
+        lsn = self.reported_lsn
+        now_us = int((time.time() - _PG_EPOCH_OFFSET_S) * 1_000_000)
+        message = _STATUS.pack(b"r", lsn, lsn, lsn, now_us, 0)
+        try:
+            self._conn.put_copy_data(message)
+            self._conn.flush()
+        except psycopg.OperationalError as exc:
+            raise ServiceUnavailable(
+                f"reporting position {lsn_text(lsn)} to {self._where} failed: {_text(self._conn.error_message) or exc}"
+            ) from exc
+        self.last_status_at = time.monotonic()
+
+    @property
+    def closed(self) -> bool:
+        return self._finished or self._conn.status == pq.ConnStatus.BAD
+
+    def close(self) -> None:
+        if not self._finished:
+            self._finished = True
+            self._conn.finish()
+
+    def _end_reason(self) -> str:
+        result = self._conn.get_result()
+        if result is not None and result.error_message:
+            return _text(result.error_message)
+        return _text(self._conn.error_message) or "the server ended the replication stream"
+
+    def _broken(self, reason: str) -> ServiceUnavailable:
+        return ServiceUnavailable(f"the replication stream from {self._where} broke: {reason.strip()}")
+
+
+def _identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _text(raw: bytes | None) -> str:
+    text = (raw or b"").decode("utf-8", "replace").strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _sqlstate(result: pq.abc.PGresult | None) -> str | None:
+    if result is None:
+        return None
+    value = result.error_field(pq.DiagnosticField.SQLSTATE)
+    return value.decode() if value else None
