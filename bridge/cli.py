@@ -30,7 +30,7 @@ def cli() -> None:
 @click.option("--exit-when-idle", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Stop (drained and committed) once nothing has been read or is in flight for this long: for batch runs.")
 def run(config_file: Path | None, exit_when_idle: float | None) -> None:
-    """Run the daemon: Debezium change events in, domain events out, until SIGTERM/SIGINT."""
+    """Run the daemon: row changes in (Debezium on Kafka, or PostgreSQL directly), domain events out, until SIGTERM/SIGINT."""
     from bridge.daemon import run_daemon
     from bridge.observability import configure_logging
     from bridge.settings import load_settings

@@ -16,14 +16,13 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
-from bridge.errors import ConfigurationError, MappingError
+from bridge.errors import MappingError
 from bridge.mapping.loader import load_mappings
 from bridge.pipeline import Pipeline, PipelineStats
-from bridge.ports import EventSink
+from bridge.ports import ChangeSource, EventSink
 from bridge.settings import Settings
 from bridge.sinks.kafka import KafkaEventSink
 from bridge.sinks.locallog import LocalLogEventSink
-from bridge.sources.debezium import DebeziumKafkaSource
 from bridge.state import PriorRowStore
 
 log = logging.getLogger("bridge.daemon")
@@ -73,12 +72,23 @@ def _open_sink(settings: Settings, mappings: Any) -> EventSink:
     return sink
 
 
+def _open_source(settings: Settings, mappings: Any) -> tuple[ChangeSource, dict[str, Any]]:
+    """The configured source, and what to log about where it reads."""
+    if settings.source.kind == "pgoutput":
+        from bridge.sources.pgoutput import PgOutputChangeSource, redacted
+
+        pg = PgOutputChangeSource(settings.source, tables=mappings.tables())
+        return pg, {"source": "pgoutput", "dsn": redacted(settings.source.dsn), "slot": settings.source.slot_name,
+                    "publication": settings.source.publication_name}
+    from bridge.sources.debezium import DebeziumKafkaSource
+
+    debezium = DebeziumKafkaSource(settings.source, tables=mappings.tables(), declared_types=mappings.declared_types())
+    return debezium, {"source": "debezium", "topics": debezium.topics}
+
+
 def run_daemon(settings: Settings, *, stop: threading.Event | None = None,
                idle_exit_s: float | None = None) -> PipelineStats:
     stop = stop or threading.Event()
-    if settings.source.kind != "debezium":
-        raise ConfigurationError(
-            f"source.kind {settings.source.kind!r} is not wired into `run` yet; this version reads source.kind debezium")
     mappings = preflight(settings)
     with ExitStack() as resources:
         store = None
@@ -87,14 +97,13 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None,
             resources.callback(store.close)
         sink = _open_sink(settings, mappings)
         resources.callback(sink.close)
-        source = DebeziumKafkaSource(settings.source, tables=mappings.tables(), declared_types=mappings.declared_types())
+        source, reading = _open_source(settings, mappings)
         resources.callback(source.close)
         pipeline = Pipeline(source, sink, mappings, source_id=settings.source_id, prior_rows=store,
                             max_in_flight_events=settings.pipeline.max_in_flight_events,
                             commit_interval_s=settings.pipeline.commit_interval_s,
                             on_error=settings.pipeline.on_error)
-        log.info("started", extra={"source_id": settings.source_id, "topics": source.topics,
-                                   "rules": mappings.rule_count()})
+        log.info("started", extra={"source_id": settings.source_id, **reading, "rules": mappings.rule_count()})
         started = time.monotonic()
         with _stop_on_signals(stop):
             pipeline.run(stop, idle_exit_s=idle_exit_s)

@@ -85,9 +85,11 @@ class Pipeline:
                 for unit in units:
                     self._handle(unit)
                 now = time.monotonic()
-                if units:
+                # A source's heartbeats keep its position moving on a quiet database; they are not work.
+                working = any(not unit.heartbeat for unit in units)
+                if working:
                     self.stats.last_activity = now
-                if units or self._in_flight or self.source.pending():
+                if working or self._in_flight or self.source.pending():
                     last_activity = now
                 if now - last_commit >= self.commit_interval_s:
                     self._checkpoint()

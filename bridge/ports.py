@@ -24,6 +24,7 @@ class SourceUnit:
     handle: Any  # the source's own bookkeeping; given back in `done`
     error: ChangeError | None = None  # set when the record could not be turned into a transaction
     raw: dict[str, Any] = field(default_factory=dict)  # the original record, for dead letters
+    heartbeat: bool = False  # the source's own keep-alive: acknowledged like any unit, but not activity
 
 
 class ChangeSource(Protocol):

@@ -28,7 +28,7 @@ import psycopg.errors
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from bridge.changes import SourcePosition, Transaction
+from bridge.changes import Op, SourcePosition, Transaction
 from bridge.errors import ConfigurationError, ServiceUnavailable
 from bridge.ports import SourceUnit
 from bridge.settings import PgOutputSource
@@ -243,7 +243,7 @@ class PgOutputChangeSource:
             return  # acknowledged before this start; the server resends from the slot's flush position
         handle = _Handle(transaction.commit_lsn, _newest_position(transaction))
         self._released.append(handle)
-        units.append(SourceUnit(transaction, handle))
+        units.append(SourceUnit(transaction, handle, heartbeat=_is_heartbeat(transaction)))
 
     def done(self, unit: SourceUnit) -> None:
         unit.handle.done = True
@@ -314,6 +314,11 @@ class PgOutputChangeSource:
         self._last_status = time.monotonic()
         if self._acknowledged and self._stream is not None:
             self._stream.send_status(self._acknowledged)
+
+
+def _is_heartbeat(transaction: Transaction) -> bool:
+    return bool(transaction.changes) and all(
+        change.op is Op.MESSAGE and change.key == {"prefix": HEARTBEAT_PREFIX} for change in transaction.changes)
 
 
 def _newest_position(transaction: Transaction) -> SourcePosition:

@@ -50,7 +50,10 @@ def settings(dsn: str, name: str, **overrides: Any) -> PgOutputSource:
 
 def is_heartbeat(unit: SourceUnit) -> bool:
     tx = unit.transaction
-    return tx is not None and all(c.op is Op.MESSAGE and c.key == {"prefix": HEARTBEAT_PREFIX} for c in tx.changes)
+    structurally = tx is not None and all(
+        c.op is Op.MESSAGE and c.key == {"prefix": HEARTBEAT_PREFIX} for c in tx.changes)
+    assert unit.heartbeat == structurally, f"the source flags heartbeat={unit.heartbeat} on {tx}"
+    return structurally
 
 
 def collect(source: PgOutputChangeSource, count: int, *, timeout_s: float = 30.0) -> list[SourceUnit]:

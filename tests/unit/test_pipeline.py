@@ -172,3 +172,29 @@ def test_the_daemon_refuses_to_start_without_a_way_to_get_old_rows(tmp_path: Pat
     message = str(error.value)
     assert "table public.orders (rules" in message and "orders.placed" in message
     assert "ALTER TABLE public.menu_items REPLICA IDENTITY FULL" in message
+
+
+class HeartbeatingSource(FakeSource):
+    """A quiet database whose source keeps emitting heartbeats (the pgoutput source does, every few seconds)."""
+
+    def poll(self, timeout_s: float) -> list[SourceUnit]:
+        beat = Transaction(xid=0, commit_lsn=1, commit_time=T, changes=())
+        return [SourceUnit(beat, handle="beat", heartbeat=True)]
+
+
+def test_heartbeats_are_acknowledged_but_do_not_keep_a_batch_run_alive(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import bridge.pipeline
+
+    monkeypatch.setattr(bridge.pipeline, "STARTUP_GRACE_S", 0.2)  # nothing but heartbeats ever arrives
+    mapping = tmp_path / "shop.yaml"
+    mapping.write_text(MAPPING.format(policy="stop"))
+    source = HeartbeatingSource([])
+    pipeline = Pipeline(source, FakeSink(), load_mappings([mapping]), source_id="test", prior_rows=None,
+                        commit_interval_s=0.01)
+    runner = threading.Thread(target=pipeline.run, args=(threading.Event(),), kwargs={"idle_exit_s": 0.3})
+    runner.start()
+    runner.join(timeout=20)
+    assert not runner.is_alive(), "heartbeats were taken for work: the idle exit never came"
+    assert source.done_units and all(unit.handle == "beat" for unit in source.done_units)
+    assert pipeline.stats.transactions == len(source.done_units)
