@@ -9,7 +9,7 @@ STATE  ?= .state/local
 .PHONY: help setup test test-unit demo stack-fetch stack-up stack-down stack-status clean
 
 help:
-	@echo "make demo          legacy restaurant traffic on an embedded PostgreSQL (Ctrl-C stops)"
+	@echo "make demo          legacy traffic on an embedded PostgreSQL -> cdc-bridge -> domain events, live (Ctrl-C stops)"
 	@echo "make test          virtualenv, install, fetch jars, start the real stack, run every test"
 	@echo "make test-unit     the tests that need no services"
 	@echo "make stack-up      start PostgreSQL, Kafka and Kafka Connect + Debezium under $(STATE)"
@@ -32,7 +32,7 @@ test-unit: setup
 	$(PY) -m pytest tests/unit
 
 demo: setup
-	PY=$(PY) bash deploy/local/demo.sh
+	$(PY) -m bridge.cli demo $(DEMO_ARGS)
 
 stack-fetch: setup
 	$(STACK) fetch

@@ -15,6 +15,7 @@ import click
 from bridge import __version__
 from bridge.errors import BridgeError, ConfigurationError, ServiceUnavailable
 from bridge.mapping.commands import mappings_group
+from bridge.demo import demo_command
 from bridge.tail import tail_command
 
 
@@ -30,7 +31,7 @@ def cli() -> None:
 @click.option("--exit-when-idle", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Stop (drained and committed) once nothing has been read or is in flight for this long: for batch runs.")
 def run(config_file: Path | None, exit_when_idle: float | None) -> None:
-    """Run the daemon: row changes in (Debezium on Kafka, or PostgreSQL directly), domain events out, until SIGTERM/SIGINT."""
+    """Run the daemon: row changes in (Debezium, or PostgreSQL directly), domain events out, until SIGTERM."""
     from bridge.daemon import run_daemon
     from bridge.observability import configure_logging
     from bridge.settings import load_settings
@@ -76,6 +77,7 @@ def _attach_simulator() -> None:
 _attach_simulator()
 cli.add_command(mappings_group)
 cli.add_command(tail_command)
+cli.add_command(demo_command)
 
 
 def main() -> None:

@@ -87,7 +87,9 @@ def _open_source(settings: Settings, mappings: Any) -> tuple[ChangeSource, dict[
 
 
 def run_daemon(settings: Settings, *, stop: threading.Event | None = None,
-               idle_exit_s: float | None = None) -> PipelineStats:
+               idle_exit_s: float | None = None, stats: PipelineStats | None = None) -> PipelineStats:
+    """Run until `stop` is set (or SIGTERM/SIGINT in the main thread); `stats`, if given, is kept up to date
+    while it runs, for a caller that shows progress from another thread."""
     stop = stop or threading.Event()
     mappings = preflight(settings)
     with ExitStack() as resources:
@@ -103,6 +105,8 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None,
                             max_in_flight_events=settings.pipeline.max_in_flight_events,
                             commit_interval_s=settings.pipeline.commit_interval_s,
                             on_error=settings.pipeline.on_error)
+        if stats is not None:
+            pipeline.stats = stats
         log.info("started", extra={"source_id": settings.source_id, **reading, "rules": mappings.rule_count()})
         started = time.monotonic()
         with _stop_on_signals(stop):

@@ -19,6 +19,25 @@ def test_the_example_config_loads_and_points_at_real_mappings() -> None:
     assert settings.sink.topic_for("restaurant", "order") == "restaurant.order"
 
 
+def test_the_commented_pgoutput_source_in_the_example_is_valid_and_says_the_defaults() -> None:
+    import yaml
+
+    from bridge.settings import PgOutputSource
+
+    lines = EXAMPLE.read_text().splitlines()
+    start = lines.index("# source:")
+    block = [lines[start][2:]]
+    for line in lines[start + 1:]:
+        if not line.startswith("#   "):
+            break
+        block.append(line[2:])
+    values = yaml.safe_load("\n".join(block))["source"]
+    source = PgOutputSource(**values)
+    defaults = PgOutputSource()
+    for name in values.keys() - {"dsn"}:
+        assert getattr(source, name) == getattr(defaults, name), f"the example's {name} is not the default"
+
+
 def test_environment_overrides_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BRIDGE_SOURCE__BOOTSTRAP_SERVERS", "kafka-a:9092")
     monkeypatch.setenv("BRIDGE_PIPELINE__ON_ERROR", "stop")
