@@ -67,6 +67,8 @@ class PgOutputSource(_Section):
     heartbeat_interval_s: float = Field(
         10.0, gt=0, description="emit a logical message this often so a quiet database's slot still advances")
     status_interval_s: float = Field(1.0, gt=0, description="how often the acknowledged position is reported")
+    slot_busy_wait_s: float = Field(
+        30.0, ge=0, description="how long to wait for a slot still held by a bridge that just died")
 
 
 class KafkaSink(_Section):

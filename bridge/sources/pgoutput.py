@@ -39,7 +39,7 @@ from bridge.sources.pgoutput_changes import (
     primary_keys_from_rows,
 )
 from bridge.sources.pgoutput_protocol import lsn_text, parse_lsn
-from bridge.sources.pgoutput_stream import ReplicationStream
+from bridge.sources.pgoutput_stream import ReplicationStream, SlotInUse
 from bridge.sources.pgoutput_values import SESSION_SETTINGS, USER_TYPES_SQL, UserType
 
 log = logging.getLogger(__name__)
@@ -188,11 +188,25 @@ class PgOutputChangeSource:
         return parse_lsn(row[3]) if row is not None and row[3] else 0
 
     def _start_stream(self) -> None:
-        """Stream from the slot's confirmed flush position (the server would too; asking for it says so)."""
-        self._stream = ReplicationStream(self._settings.dsn, where=self._where, session_options=SESSION_SETTINGS,
-                                         application_name="cdc-bridge-stream")
-        self._stream.start(self._settings.slot_name, self._start_lsn, {
-            "proto_version": "1", "publication_names": self._settings.publication_name, "messages": "true"})
+        """Stream from the slot's confirmed flush position (the server would too; asking for it says so).
+
+        A slot still held by the walsender of a bridge that just died (kill -9, a crashed host) is waited
+        for up to slot_busy_wait_s: the server frees it once it notices the dead connection.
+        """
+        deadline = time.monotonic() + self._settings.slot_busy_wait_s
+        while True:
+            self._stream = ReplicationStream(self._settings.dsn, where=self._where, session_options=SESSION_SETTINGS,
+                                             application_name="cdc-bridge-stream")
+            try:
+                self._stream.start(self._settings.slot_name, self._start_lsn, {
+                    "proto_version": "1", "publication_names": self._settings.publication_name, "messages": "true"})
+                break
+            except SlotInUse as exc:
+                self._stream.close()
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning("replication slot busy; waiting for it", extra={"error": str(exc)})
+                time.sleep(1.0)
         self._stream.reported_lsn = self._start_lsn
         log.info("streaming started", extra={"slot": self._settings.slot_name, "start_lsn": lsn_text(self._start_lsn)})
 

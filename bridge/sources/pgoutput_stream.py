@@ -40,6 +40,10 @@ _SQLSTATE_UNDEFINED_OBJECT = "42704"
 _SQLSTATE_INSUFFICIENT_PRIVILEGE = "42501"
 
 
+class SlotInUse(ServiceUnavailable):
+    """Another connection streams the slot: another bridge, or the walsender of one that just died."""
+
+
 class ReplicationStream:
     """One logical replication stream: read XLogData payloads, report positions, answer keepalives."""
 
@@ -77,7 +81,7 @@ class ReplicationStream:
         text = _text(result.error_message if result is not None else self._conn.error_message)
         state = _sqlstate(result)
         if state == _SQLSTATE_OBJECT_IN_USE:
-            raise ServiceUnavailable(
+            raise SlotInUse(
                 f"replication slot {slot!r} on {self._where} is in use by another process ({text}): "
                 "is another bridge running with the same source.slot_name?")
         if state == _SQLSTATE_INSUFFICIENT_PRIVILEGE:

@@ -11,20 +11,23 @@ import json
 import threading
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
-
-import psycopg
-from psycopg.rows import dict_row
 
 from legacy_db.simulate import run_simulation
 from tests.conftest import DebeziumCapture
 from tests.support.bridge_process import BridgeProcess, wait_caught_up, write_config
+from tests.support.event_checks import (
+    TABLES,
+    assert_ordered_per_aggregate,
+    assert_repeats_identical,
+    assert_state_matches,
+    fold,
+)
 from tests.support.kafka_reading import payload, read_all, wait_for
 from tests.support.local_stack import REPO_ROOT, StackInfo
-from tests.support.restaurant_fold import FoldingConsumer, legacy_state
+from tests.support.restaurant_fold import FoldingConsumer
 
-TABLES = ("customers", "customer_addresses", "menu_items", "orders", "order_items")
 AGGREGATES = ("customer", "menu_item", "order")
 
 
@@ -68,40 +71,6 @@ class Run:
         return read_all(self.stack.bootstrap_servers, [f"{self.out}.dead-letters"])
 
 
-def _legacy_rows(dsn: str) -> dict[str, dict[int, dict]]:
-    with psycopg.connect(dsn, row_factory=dict_row) as conn:
-        return {t: {row["id"]: row for row in conn.execute(f"SELECT * FROM {t}")} for t in TABLES}
-
-
-def _fold(records: list) -> FoldingConsumer:
-    consumer = FoldingConsumer()
-    for record in records:
-        consumer.apply(dict(record.headers)["ce_type"].decode(), json.loads(record.value))
-    return consumer
-
-
-def _assert_state_matches(consumer: FoldingConsumer, dsn: str) -> None:
-    customers, items, orders = legacy_state(_legacy_rows(dsn))
-    assert consumer.customers == customers
-    assert consumer.live_menu_items() == items
-    assert consumer.orders == orders
-
-
-def _assert_ordered_per_aggregate(records: list) -> None:
-    """On each partition, an aggregate's events carry rising sequences (first occurrences)."""
-    last: dict[tuple[str, bytes], str] = {}
-    seen: set[bytes] = set()
-    for record in records:
-        headers = dict(record.headers)
-        if headers["ce_id"] in seen:
-            continue
-        seen.add(headers["ce_id"])
-        sequence = headers["ce_sequence"].decode()
-        aggregate = (record.topic, record.key)
-        assert sequence > last.get(aggregate, ""), f"aggregate {aggregate} out of order at {sequence}"
-        last[aggregate] = sequence
-
-
 def test_legacy_traffic_becomes_domain_events_that_rebuild_the_legacy_state(
     stack: StackInfo, debezium_capture: DebeziumCapture, tmp_path: Path
 ) -> None:
@@ -120,8 +89,8 @@ def test_legacy_traffic_becomes_domain_events_that_rebuild_the_legacy_state(
     assert len(records) > len(report.transactions), "the workload produces events"
     assert max(ids.values()) == 1, "a clean run publishes each event once"
     assert run.dead_letters() == []
-    _assert_ordered_per_aggregate(records)
-    _assert_state_matches(_fold(records), debezium_capture.dsn)
+    assert_ordered_per_aggregate(records)
+    assert_state_matches(fold(records), debezium_capture.dsn)
     types = Counter(dict(r.headers)["ce_type"].decode().split(".")[2] for r in records)
     for expected in ("OrderPlaced", "ItemAddedToOrder", "MenuItemPriceChanged", "CustomerSignedUp",
                      "ItemRemovedFromOrder", "DeliveryAddressAddedToOrder", "OrderCanceled"):
@@ -154,17 +123,10 @@ def test_kill_9_mid_run_loses_nothing_and_repeats_only_identical_events(
                 process.kill()
 
     records = run.events()
-    by_id: dict[bytes, list] = defaultdict(list)
-    for record in records:
-        by_id[dict(record.headers)["ce_id"]].append(record)
-    duplicates = sum(len(copies) - 1 for copies in by_id.values())
-    for copies in by_id.values():  # a repeat is the same event: same key, bytes and headers
-        assert len({(r.key, r.value, tuple(r.headers)) for r in copies}) == 1
-    unique = [r for r in records if by_id[dict(r.headers)["ce_id"]][0] is r]
-    print(f"kill -9 test: {len(records)} events published, {duplicates} duplicates, {len(unique)} unique")
+    unique = assert_repeats_identical(records)
     assert run.dead_letters() == []
-    _assert_ordered_per_aggregate(records)
-    _assert_state_matches(_fold(unique), debezium_capture.dsn)
+    assert_ordered_per_aggregate(records)
+    assert_state_matches(fold(unique), debezium_capture.dsn)
 
 
 def _wait_for_progress(run: Run, bridge: BridgeProcess, minimum_events: int, timeout_s: float = 90) -> None:
@@ -197,4 +159,4 @@ def test_the_local_event_log_sink_carries_the_same_events_durably(
     consumer = FoldingConsumer()
     for record in records:
         consumer.apply(record.type, json.loads(record.value))
-    _assert_state_matches(consumer, debezium_capture.dsn)
+    assert_state_matches(consumer, debezium_capture.dsn)

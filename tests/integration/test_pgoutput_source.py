@@ -7,6 +7,7 @@ Tests run once per server (ids [pg15], [pg18]; see legacy_db_any in tests/confte
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections import Counter
@@ -315,3 +316,20 @@ def test_keepalives_never_confirm_a_received_but_unacknowledged_transaction(lega
     finally:
         source.close()
     assert confirmed_flush(legacy_db_any, names) == acked
+
+
+def test_a_busy_slot_is_waited_for_then_named(legacy_db_any: str, names: str) -> None:
+    first = PgOutputChangeSource(settings(legacy_db_any, names), TABLES)
+    try:
+        began = time.monotonic()
+        with pytest.raises(ServiceUnavailable) as caught:
+            PgOutputChangeSource(settings(legacy_db_any, names, slot_busy_wait_s=1.0), TABLES)
+        assert time.monotonic() - began >= 1.0, "it waited for the slot before giving up"
+        assert names in str(caught.value) and "another bridge" in str(caught.value)
+        releaser = threading.Timer(1.5, first.close)  # like a dead bridge's walsender going away
+        releaser.start()
+        second = PgOutputChangeSource(settings(legacy_db_any, names, slot_busy_wait_s=30.0), TABLES)
+        second.close()
+        releaser.join()
+    finally:
+        first.close()
