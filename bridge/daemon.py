@@ -69,6 +69,7 @@ def _open_sink(settings: Settings, mappings: Any) -> EventSink:
     if settings.sink.create_topics:
         if created := sink.ensure_topics(mappings.aggregates()):
             log.info("created topics", extra={"topics": created})
+        sink.warm_up(mappings.aggregates())
     return sink
 
 

@@ -52,7 +52,10 @@ class PriorRowStore:
         self._tables = set(tables) if tables is not None else None  # None: keep every table
         # Unflushed writes, newest last per key; read before the database.
         self._buffer: dict[tuple[str, str], list[tuple[SourcePosition, dict[str, Any] | None]]] = {}
+        self._buffered = 0
         self._touched: set[tuple[str, str]] = set()
+        # Keys whose history at or before a committed position may go, pruned a slice at a time.
+        self._prunable: list[tuple[tuple[int, int, int], tuple[str, str]]] = []
 
     def keeps(self, table: str) -> bool:
         return self._tables is None or table in self._tables
@@ -94,6 +97,12 @@ class PriorRowStore:
 
     def _put(self, table: str, key: str, position: SourcePosition, row: dict[str, Any] | None) -> None:
         self._buffer.setdefault((table, key), []).append((position, row))
+        self._buffered += 1
+
+    @property
+    def buffered(self) -> int:
+        """Entries recorded but not yet written: the pipeline flushes in small batches to keep pauses short."""
+        return self._buffered
 
     def flush(self) -> None:
         if not self._buffer:
@@ -108,12 +117,31 @@ class PriorRowStore:
         self._db.execute("COMMIT")
         self._touched.update(self._buffer)
         self._buffer.clear()
+        self._buffered = 0
 
     def prune(self, committed: SourcePosition) -> None:
         """Forget history at or before `committed`, keeping each touched key's newest entry there."""
+        self.schedule_prune(committed)
+        self.prune_some(None)
+
+    def schedule_prune(self, committed: SourcePosition) -> None:
+        """Note that every key touched so far may lose its history at or before `committed` (a replay starts
+        after it); `prune_some` does the deleting in slices, so no single call pauses the pipeline for long."""
         c = (committed.commit_lsn, committed.change_lsn, committed.seq)
+        self._prunable.extend((c, key) for key in self._touched)
+        self._touched.clear()
+
+    def prune_some(self, limit: int | None) -> int:
+        """Prune up to `limit` scheduled keys (all when None); returns how many remain scheduled.
+
+        A key pruned later than scheduled, with its older committed position, only keeps more history: safe.
+        """
+        if not self._prunable:
+            return 0
+        count = len(self._prunable) if limit is None else min(limit, len(self._prunable))
+        batch, self._prunable = self._prunable[-count:], self._prunable[:-count]
         self._db.execute("BEGIN")
-        for table, key in self._touched:
+        for c, (table, key) in batch:
             self._db.execute(
                 "DELETE FROM prior_rows WHERE tbl = ?1 AND row_key = ?2 AND (commit_lsn, change_lsn, seq) < "
                 "(SELECT commit_lsn, change_lsn, seq FROM prior_rows WHERE tbl = ?1 AND row_key = ?2 AND "
@@ -121,7 +149,7 @@ class PriorRowStore:
                 (table, key, *c),
             )
         self._db.execute("COMMIT")
-        self._touched.clear()
+        return len(self._prunable)
 
     def close(self) -> None:
         self.flush()

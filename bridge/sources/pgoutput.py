@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 HEARTBEAT_PREFIX = "cdc-bridge-heartbeat"
 # Read at most this many stream messages per poll, so the pipeline gets units (and acks flow) during a backlog.
 MAX_MESSAGES_PER_POLL = 5000
+# Hand over complete transactions after this long even while more messages wait: under sustained load the
+# first transaction of a long read would otherwise wait for the whole read before being published.
+MAX_READ_S_WITH_UNITS = 0.005
 
 _SLOT_SQL = ("SELECT plugin, slot_type, database, confirmed_flush_lsn::text FROM pg_replication_slots "
              "WHERE slot_name = %s")
@@ -214,7 +217,8 @@ class PgOutputChangeSource:
 
     def poll(self, timeout_s: float) -> list[SourceUnit]:
         """Read what the server has sent, waiting up to `timeout_s` for the first message."""
-        deadline = time.monotonic() + timeout_s
+        started = time.monotonic()
+        deadline = started + timeout_s
         units: list[SourceUnit] = []
         read = 0
         stream = self._stream
@@ -224,10 +228,11 @@ class PgOutputChangeSource:
             if message is not None:
                 read += 1
                 self._take(*message, units)
-                if read < MAX_MESSAGES_PER_POLL:
+                if read < MAX_MESSAGES_PER_POLL and not (
+                        units and read % 64 == 0 and time.monotonic() - started >= MAX_READ_S_WITH_UNITS):
                     continue
             if units or read >= MAX_MESSAGES_PER_POLL:
-                break
+                break  # (the time cap also ends up here: it only stops reading once units are in hand)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break

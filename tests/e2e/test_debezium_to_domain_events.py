@@ -16,7 +16,7 @@ from pathlib import Path
 
 from legacy_db.simulate import run_simulation
 from tests.conftest import DebeziumCapture
-from tests.support.bridge_process import BridgeProcess, wait_caught_up, write_config
+from tests.support.bridge_process import BridgeProcess, wait_caught_up, write_e2e_config
 from tests.support.event_checks import (
     TABLES,
     assert_ordered_per_aggregate,
@@ -25,7 +25,7 @@ from tests.support.event_checks import (
     fold,
 )
 from tests.support.kafka_reading import payload, read_all, wait_for
-from tests.support.local_stack import REPO_ROOT, StackInfo
+from tests.support.local_stack import StackInfo
 from tests.support.restaurant_fold import FoldingConsumer
 
 AGGREGATES = ("customer", "menu_item", "order")
@@ -40,18 +40,12 @@ class Run:
         self.group = f"bridge-{suffix}"
         self.out = f"e2e{suffix}"
         self.source_topics = [capture.table_topic(t) for t in TABLES] + [capture.transaction_topic]
-        self.config = write_config(
-            tmp_path / "bridge.yaml",
-            source_id="legacy-restaurant",
-            mappings=[str(REPO_ROOT / "mappings" / "restaurant.yaml")],
+        self.config = write_e2e_config(
+            tmp_path,
             source={"bootstrap_servers": stack.bootstrap_servers, "topic_prefix": capture.topic_prefix,
                     "group_id": self.group, "transaction_wait_s": 60},
             sink=sink or {"bootstrap_servers": stack.bootstrap_servers, "topic_template": self.out + ".{aggregate_type}",
-                          "dead_letter_topic": f"{self.out}.dead-letters"},
-            state={"path": str(tmp_path / "prior-rows.sqlite")},
-            pipeline={"commit_interval_s": 0.5},
-            logging={"level": "INFO", "format": "json"},
-        )
+                          "dead_letter_topic": f"{self.out}.dead-letters"})
         self.log = tmp_path / "bridge.log"
 
     def bridge(self) -> BridgeProcess:

@@ -18,7 +18,7 @@ import pytest
 
 from bridge.sources.pgoutput_protocol import parse_lsn
 from legacy_db.simulate import run_simulation
-from tests.support.bridge_process import BridgeProcess, write_config
+from tests.support.bridge_process import BridgeProcess, write_e2e_config
 from tests.support.event_checks import (
     assert_ordered_per_aggregate,
     assert_repeats_identical,
@@ -26,7 +26,7 @@ from tests.support.event_checks import (
     fold,
 )
 from tests.support.kafka_reading import read_all
-from tests.support.local_stack import REPO_ROOT, StackInfo
+from tests.support.local_stack import StackInfo
 
 AGGREGATES = ("customer", "menu_item", "order")
 
@@ -39,18 +39,12 @@ class DirectRun:
         self.stack, self.dsn = stack, dsn
         self.slot = f"e2e_{suffix}"
         self.out = f"direct{suffix}"
-        self.config = write_config(
-            tmp_path / "bridge.yaml",
-            source_id="legacy-restaurant",
-            mappings=[str(REPO_ROOT / "mappings" / "restaurant.yaml")],
+        self.config = write_e2e_config(
+            tmp_path,
             source={"kind": "pgoutput", "dsn": dsn, "slot_name": self.slot, "publication_name": self.slot,
                     "heartbeat_interval_s": 1.0},
             sink={"bootstrap_servers": stack.bootstrap_servers, "topic_template": self.out + ".{aggregate_type}",
-                  "dead_letter_topic": f"{self.out}.dead-letters"},
-            state={"path": str(tmp_path / "prior-rows.sqlite")},
-            pipeline={"commit_interval_s": 0.5},
-            logging={"level": "INFO", "format": "json"},
-        )
+                  "dead_letter_topic": f"{self.out}.dead-letters"})
         self.log = tmp_path / "bridge.log"
 
     def bridge(self) -> BridgeProcess:

@@ -21,6 +21,21 @@ def write_config(path: Path, **settings: Any) -> Path:
     return path
 
 
+def write_e2e_config(workdir: Path, *, source: dict[str, Any], sink: dict[str, Any]) -> Path:
+    """`workdir`/bridge.yaml for an end-to-end run: the restaurant mappings, a prior-row store in `workdir`,
+    frequent commits (tests wait for them) and JSON logs; only the source and sink differ between tests."""
+    return write_config(
+        workdir / "bridge.yaml",
+        source_id="legacy-restaurant",
+        mappings=[str(REPO_ROOT / "mappings" / "restaurant.yaml")],
+        source=source,
+        sink=sink,
+        state={"path": str(workdir / "prior-rows.sqlite")},
+        pipeline={"commit_interval_s": 0.5},
+        logging={"level": "INFO", "format": "json"},
+    )
+
+
 class BridgeProcess:
     def __init__(self, config: Path, log_file: Path) -> None:
         self.config = config

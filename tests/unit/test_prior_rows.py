@@ -72,3 +72,28 @@ def test_prune_keeps_only_what_a_replay_can_ask_for(tmp_path: Path) -> None:
     assert count == 2  # the newest entry at or before the commit point, and the newer history
     assert store.before_image(_change(Op.UPDATE, 300, {"id": 1}))["price"] == Decimal("2.00")
     assert store.before_image(_change(Op.UPDATE, 400, {"id": 1}))["price"] == Decimal("3.00")
+
+
+def test_pruning_in_slices_ends_where_pruning_at_once_does(tmp_path: Path) -> None:
+    stores = [PriorRowStore(tmp_path / f"{name}.sqlite") for name in ("whole", "sliced")]
+    for store in stores:
+        for row_id in range(1, 6):
+            for lsn in (100, 200, 300):
+                op = Op.CREATE if lsn == 100 else Op.UPDATE
+                store.record(_tx(_change(op, lsn + row_id, {"id": row_id, "price": Decimal(lsn)})))
+        store.flush()
+    whole, sliced = stores
+    whole.prune(SourcePosition(260, 260, 0))
+    sliced.schedule_prune(SourcePosition(260, 260, 0))
+    assert [sliced.prune_some(2), sliced.prune_some(2), sliced.prune_some(2), sliced.prune_some(2)] == [3, 1, 0, 0]
+    rows = "SELECT tbl, row_key, commit_lsn FROM prior_rows ORDER BY 1, 2, 3"
+    assert sliced._db.execute(rows).fetchall() == whole._db.execute(rows).fetchall()
+    assert len(whole._db.execute(rows).fetchall()) == 10  # per key: the newest at or before 260, and 30x
+
+
+def test_the_buffer_count_says_when_to_flush(tmp_path: Path) -> None:
+    store = PriorRowStore(tmp_path / "s.sqlite")
+    store.record(_tx(_change(Op.CREATE, 100, {"id": 1}), _change(Op.CREATE, 101, {"id": 2})))
+    assert store.buffered == 2
+    store.flush()
+    assert store.buffered == 0
