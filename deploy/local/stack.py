@@ -109,17 +109,18 @@ def down(state: Path, purge: bool) -> None:
             was_running = _running(stack[name], name)
             _stop_one(stack, name)
             print(f"{name}: {'stopped' if was_running else 'was not running'}", flush=True)
+    # PostgreSQL's folder lives outside the state directory when its account could not reach it there;
+    # a plain `down` remembers it, so that a later `down --purge` still removes it.
+    outside = set(stack.get("outside_homes", []))
+    pg_home = stack.get("postgres", {}).get("home")
+    if pg_home and not Path(pg_home).is_relative_to(state):
+        outside.add(pg_home)
     if purge:
-        # PostgreSQL's folder lives outside the state directory when its account could not reach it there.
-        folders = [state]
-        pg_home = Path(stack.get("postgres", {}).get("home", state))
-        if not pg_home.is_relative_to(state):
-            folders.append(pg_home)
-        for folder in folders:
+        for folder in [state, *map(Path, sorted(outside))]:
             shutil.rmtree(folder, ignore_errors=True)
             print(f"removed {folder}")
     elif stack:
-        save_json(_stack_file(state), {})
+        save_json(_stack_file(state), {"outside_homes": sorted(outside)} if outside else {})
 
 
 def status(state: Path) -> dict:

@@ -10,9 +10,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from bridge.sinks.locallog_reader import EventLogReader
 from tests.support.local_stack import REPO_ROOT
@@ -35,8 +37,17 @@ def _accepts_connections(output: str) -> bool:
     return True
 
 
-def test_the_demo_shows_events_live_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
+@pytest.fixture
+def demo_state(tmp_path: Path) -> Iterator[Path]:
+    """The demo's state folder; its PostgreSQL's data (kept by the demo for its next run) purged afterwards."""
     state = tmp_path / "demo"
+    yield state
+    subprocess.run([sys.executable, str(REPO_ROOT / "deploy" / "local" / "stack.py"), "--state",
+                    str(state / "postgres"), "down", "--purge"], capture_output=True, check=False)
+
+
+def test_the_demo_shows_events_live_and_stops_everything_on_ctrl_c(demo_state: Path) -> None:
+    state = demo_state
     demo = _demo("--state", str(state), "--rate", "40", "--seed", "5")
     lines: list[str] = []
     assert demo.stdout is not None
