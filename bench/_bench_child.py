@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import threading
 import time
@@ -18,6 +17,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from _peak_rss import peak_rss_mb  # noqa: E402 (bench/ is the script's own folder)
 
 
 def passthrough(args: argparse.Namespace) -> dict:
@@ -72,7 +73,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, required=True)
     args = parser.parse_args()
     result = passthrough(args) if args.kind == "passthrough" else bridge(args)
-    result["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["max_rss_mb"] = peak_rss_mb()
     print(json.dumps(result, default=str))
 
 

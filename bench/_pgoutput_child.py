@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
 import sys
 import threading
@@ -28,6 +27,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from _peak_rss import peak_rss_mb  # noqa: E402 (bench/ is the script's own folder)
 
 PROCESS_START = time.monotonic()
 ROW_MESSAGES = (ord("I"), ord("U"), ord("D"), ord("T"))  # pgoutput Insert, Update, Delete, Truncate
@@ -181,15 +182,6 @@ def _time_calls(owner: type, name: str) -> list[float]:
 
     setattr(owner, name, timed)
     return durations
-
-
-def peak_rss_mb() -> float:
-    """This process's peak RSS (VmHWM). Not ru_maxrss: Linux carries the parent's peak across fork and
-    exec into it, so a child of a big parent would report the parent's size."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 

@@ -78,6 +78,7 @@ def server_version(bindir: Path) -> str:
 
 def start(state: Path, port: int | None) -> dict:
     """Initialise (first time) and start the server; create the legacy database. Returns its facts."""
+    installed = bindir = find_bindir()
     account = unprivileged_user()
     home = _home(state, account)
     data = home / "data"
@@ -87,9 +88,8 @@ def start(state: Path, port: int | None) -> dict:
     require_port_free(port, "PostgreSQL")
     fresh_outside_state = not home.exists() and not home.is_relative_to(state)
     home.mkdir(parents=True, exist_ok=True)
-    bindir = find_bindir()
     try:
-        bindir = _reachable_bindir(bindir, account, home)
+        bindir = _reachable_bindir(installed, account, home)
         give_to(home, account)
         if not (data / "PG_VERSION").exists():
             run([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
@@ -112,6 +112,7 @@ def start(state: Path, port: int | None) -> dict:
         raise
     return {
         "bindir": str(bindir),
+        "installed_bindir": str(installed),  # where the binaries come from (bindir may be a copy)
         "version": server_version(bindir),
         "port": port,
         "pid": pid,

@@ -140,7 +140,7 @@ def start_embedded_postgres() -> PostgresInfo:
     except BaseException:
         stop_session_stack(state)
         raise
-    if Path(pg["bindir"]).resolve() != bindir.resolve():
+    if Path(pg["installed_bindir"]).resolve() != bindir.resolve():
         stop_session_stack(state)
         raise RuntimeError(f"stack.py started {pg['bindir']}, not the wheel's binaries in {bindir}")
     return PostgresInfo(admin_dsn=pg["admin_dsn"], version=pg["version"], started_in_s=pg["started_in_s"],
