@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 import psycopg
@@ -33,6 +33,9 @@ from bridge.pipeline import PipelineStats
 from bridge.settings import Settings
 from bridge.sinks.locallog_reader import Cursor, EventLogReader, LogNotFound, LogRecord
 from bridge.sources.pgoutput import redacted
+
+if TYPE_CHECKING:
+    from bridge.demo_view import DemoFacts, EventTally
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STACK_SCRIPT = REPO_ROOT / "deploy" / "local" / "stack.py"
@@ -245,8 +248,8 @@ class _Screen:
             sys.stdout.write("\x1b[?25h\n")
             sys.stdout.flush()
 
-    def show(self, records: Iterator[LogRecord], facts: Any, tally: Any, stats: PipelineStats, elapsed_s: float,
-             *, final: bool = False) -> None:
+    def show(self, records: Iterator[LogRecord], facts: DemoFacts, tally: EventTally, stats: PipelineStats,
+             elapsed_s: float, *, final: bool = False) -> None:
         from bridge.demo_view import frame, status_line
         from bridge.tail import text_line
 
@@ -367,6 +370,9 @@ def _farewell(demo: Demo, outcome: Outcome, *, embedded: bool, log_file: Path) -
     total = tally.total if tally is not None else 0
     click.echo(f"\nStopped{' with an error' if outcome.error else ''}. This run published {total:,} events from "
                f"{demo.stats.transactions:,} legacy transactions ({demo.stats.dead_letters:,} dead letters).")
+    if demo.traffic_rate is not None:
+        click.echo(f"  the simulated legacy app committed {demo.transactions_simulated:,} transactions; any the "
+                   "bridge had not read yet wait in the slot for the next run")
     click.echo(f"  the event log:  {demo.log_dir}   read it with: cdc-bridge tail --log {demo.log_dir} --from-start")
     click.echo(f"  the bridge log: {log_file}")
     if embedded:

@@ -119,7 +119,7 @@ class Pipeline:
         transaction = unit.transaction
         assert transaction is not None
         result = translate(transaction, self.mappings, source_id=self.source_id, prior_rows=self.prior_rows)
-        self.stats.transactions += 1
+        self.stats.transactions += not unit.heartbeat  # the source's keep-alives are not legacy transactions
         self.stats.changes += len(transaction.changes)
         self.stats.unmatched.update(result.unmatched)
         self.stats.ignored.update(result.ignored)

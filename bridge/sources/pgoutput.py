@@ -86,6 +86,7 @@ class PgOutputChangeSource:
             raise ConfigurationError("the pgoutput source needs at least one mapped table to publish")
         self._where = redacted(settings.dsn)
         self._released: deque[_Handle] = deque()
+        self._not_done = 0  # released handles not yet done: pending() is asked every loop turn
         self._last_safe: SourcePosition | None = None
         self._stream: ReplicationStream | None = None
         self._start_lsn = self._acknowledged = 0
@@ -250,6 +251,7 @@ class PgOutputChangeSource:
                 return
             handle = _Handle(exc.commit_lsn, SourcePosition(exc.commit_lsn, exc.commit_lsn))
             self._released.append(handle)
+            self._not_done += 1
             units.append(SourceUnit(None, handle, error=exc, raw={
                 "source": "pgoutput", "slot": self._settings.slot_name, "xid": exc.xid,
                 "commit_lsn": lsn_text(exc.commit_lsn), "commit_time": exc.commit_time.isoformat(),
@@ -262,14 +264,17 @@ class PgOutputChangeSource:
             return  # acknowledged before this start; the server resends from the slot's flush position
         handle = _Handle(transaction.commit_lsn, _newest_position(transaction))
         self._released.append(handle)
+        self._not_done += 1
         units.append(SourceUnit(transaction, handle, heartbeat=_is_heartbeat(transaction)))
 
     def done(self, unit: SourceUnit) -> None:
-        unit.handle.done = True
+        if not unit.handle.done:
+            unit.handle.done = True
+            self._not_done -= 1
 
     def pending(self) -> int:
         """Transactions handed out and not yet done, plus one while a transaction is half received."""
-        return sum(not handle.done for handle in self._released) + int(self._assembler.in_transaction)
+        return self._not_done + int(self._assembler.in_transaction)
 
     def commit(self) -> SourcePosition | None:
         """Report the newest commit LSN whose transaction and all before it are done; return its position."""

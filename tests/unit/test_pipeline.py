@@ -197,4 +197,4 @@ def test_heartbeats_are_acknowledged_but_do_not_keep_a_batch_run_alive(tmp_path:
     runner.join(timeout=20)
     assert not runner.is_alive(), "heartbeats were taken for work: the idle exit never came"
     assert source.done_units and all(unit.handle == "beat" for unit in source.done_units)
-    assert pipeline.stats.transactions == len(source.done_units)
+    assert source.done_units and pipeline.stats.transactions == 0, "heartbeats are acknowledged, not counted"
