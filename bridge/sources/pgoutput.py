@@ -121,11 +121,24 @@ class PgOutputChangeSource:
             raise ConfigurationError(
                 f"PostgreSQL at {self._where} has wal_level = {wal_level}, but logical decoding needs "
                 "wal_level = logical: run ALTER SYSTEM SET wal_level = logical and restart PostgreSQL")
+        self._require_tables()
         self._ensure_publication()
         self._ensure_slot()
         self._assembler = PgOutputAssembler(
             user_types=[UserType.from_row(row) for row in self._sql.execute(USER_TYPES_SQL)],
             primary_keys=primary_keys_from_rows(self._sql.execute(PRIMARY_KEYS_SQL).fetchall()))
+
+    def _require_tables(self) -> None:
+        schema = self._settings.schema_name
+        found = {name for (name,) in self._sql.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = ANY(%s) AND c.relkind IN ('r', 'p')", (schema, self._tables))}
+        if missing := [t for t in self._tables if t not in found]:
+            database = self._sql.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
+            raise ConfigurationError(
+                f"the mappings read table(s) {', '.join(f'{schema}.{t}' for t in missing)}, which database "
+                f"{database!r} at {self._where} does not have: fix the rules' `table:`, source.schema_name, or "
+                "source.dsn (is it the legacy database?)")
 
     def _ensure_publication(self) -> None:
         name, schema = self._settings.publication_name, self._settings.schema_name

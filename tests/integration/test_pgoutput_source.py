@@ -333,3 +333,12 @@ def test_a_busy_slot_is_waited_for_then_named(legacy_db_any: str, names: str) ->
         releaser.join()
     finally:
         first.close()
+
+
+def test_a_mapped_table_missing_from_the_database_is_named(legacy_db_any: str, names: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        PgOutputChangeSource(settings(legacy_db_any, names), ["customers", "invoices"])
+    message = str(caught.value)
+    assert "public.invoices" in message and "public.customers" not in message and "source.dsn" in message
+    with psycopg.connect(legacy_db_any, autocommit=True) as conn:  # refused before creating anything
+        assert conn.execute("SELECT count(*) FROM pg_publication WHERE pubname = %s", (names,)).fetchone()[0] == 0
