@@ -105,9 +105,7 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None,
         pipeline = Pipeline(source, sink, mappings, source_id=settings.source_id, prior_rows=store,
                             max_in_flight_events=settings.pipeline.max_in_flight_events,
                             commit_interval_s=settings.pipeline.commit_interval_s,
-                            on_error=settings.pipeline.on_error)
-        if stats is not None:
-            pipeline.stats = stats
+                            on_error=settings.pipeline.on_error, stats=stats)
         log.info("started", extra={"source_id": settings.source_id, **reading, "rules": mappings.rule_count()})
         started = time.monotonic()
         with _stop_on_signals(stop):

@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING
 import click
 import psycopg
 
-from bridge.eventlog import DEAD_LETTERS, EVENTS
 from bridge.errors import BridgeError, ConfigurationError, ServiceUnavailable
+from bridge.eventlog import DEAD_LETTERS, EVENTS
 from bridge.pipeline import PipelineStats
 from bridge.settings import Settings
 from bridge.sinks.locallog_reader import Cursor, EventLogReader, LogNotFound, LogRecord
-from bridge.sources.pgoutput import redacted
+from bridge.sources.pgoutput import SLOT_LAG_SQL, redacted
 
 if TYPE_CHECKING:
     from bridge.demo_view import DemoFacts, EventTally
@@ -326,7 +326,7 @@ def _migrate(dsn: str) -> None:
     try:
         apply_migrations(dsn)
     except psycopg.OperationalError as exc:
-        raise ServiceUnavailable(f"cannot reach PostgreSQL at {redacted(dsn)}: {' '.join(str(exc).split())}") from exc
+        raise _unreachable(dsn, exc) from exc
 
 
 def _server_version(dsn: str) -> str:
@@ -334,15 +334,18 @@ def _server_version(dsn: str) -> str:
         with psycopg.connect(dsn, connect_timeout=5) as conn:
             return "PostgreSQL " + str(conn.execute("SHOW server_version").fetchone()[0]).split()[0]  # type: ignore[index]
     except psycopg.OperationalError as exc:
-        raise ServiceUnavailable(f"cannot reach PostgreSQL at {redacted(dsn)}: {' '.join(str(exc).split())}") from exc
+        raise _unreachable(dsn, exc) from exc
+
+
+def _unreachable(dsn: str, exc: psycopg.OperationalError) -> ServiceUnavailable:
+    return ServiceUnavailable(f"cannot reach PostgreSQL at {redacted(dsn)}: {' '.join(str(exc).split())}")
 
 
 def _slot_lag(dsn: str) -> int | None:
-    """WAL the server keeps for the demo's slot, or None while the slot does not exist."""
+    """WAL the server keeps for the demo's slot (the source's own lag query), or None while there is no slot."""
     try:
         with psycopg.connect(dsn, connect_timeout=5, autocommit=True) as conn:
-            row = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint "
-                               "FROM pg_replication_slots WHERE slot_name = %s", (SLOT,)).fetchone()
+            row = conn.execute(SLOT_LAG_SQL, (SLOT,)).fetchone()
     except psycopg.OperationalError:
         return None
     return None if row is None or row[0] is None else int(row[0])

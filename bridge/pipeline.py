@@ -57,7 +57,8 @@ class PipelineStats:
 class Pipeline:
     def __init__(self, source: ChangeSource, sink: EventSink, mappings: Any, *, source_id: str,
                  prior_rows: PriorRowStore | None, max_in_flight_events: int = 20000,
-                 commit_interval_s: float = 1.0, on_error: str | None = None) -> None:
+                 commit_interval_s: float = 1.0, on_error: str | None = None,
+                 stats: PipelineStats | None = None) -> None:
         self.source = source
         self.sink = sink
         self.mappings = mappings
@@ -66,7 +67,7 @@ class Pipeline:
         self.max_in_flight = max_in_flight_events
         self.commit_interval_s = commit_interval_s
         self.on_error_override = on_error
-        self.stats = PipelineStats()
+        self.stats = PipelineStats() if stats is None else stats  # given: a caller watches it from another thread
         self._completions: queue.SimpleQueue[tuple[int, Exception | None]] = queue.SimpleQueue()
         self._waiting: dict[int, list[Any]] = {}  # unit id -> [unit, deliveries outstanding]
         self._in_flight = 0

@@ -58,7 +58,7 @@ class KafkaEventSink:
         Relying on the broker's auto-creation would work, but the producer logs an error for each topic
         it finds missing on first send, and the partition count would be whatever the broker defaults to.
         """
-        wanted = {self._settings.topic_for(ns, agg) for ns, agg in aggregates} | {self._settings.dead_letter_topic}
+        wanted = self._topics_for(aggregates)
         admin = KafkaAdminClient(bootstrap_servers=self._settings.bootstrap_servers.split(","), client_id="cdc-bridge")
         try:
             missing = sorted(wanted - set(admin.list_topics()))
@@ -74,12 +74,15 @@ class KafkaEventSink:
         finally:
             admin.close()
 
+    def _topics_for(self, aggregates: list[tuple[str, str]]) -> set[str]:
+        """The event topics of these (namespace, aggregate type) pairs, and the dead-letter topic."""
+        return {self._settings.topic_for(ns, agg) for ns, agg in aggregates} | {self._settings.dead_letter_topic}
+
     def warm_up(self, aggregates: list[tuple[str, str]]) -> None:
         """Fetch the partitions of every event topic now: otherwise the first send to each topic waits for a
         metadata round trip, which made the first second's events 200-250 ms late. For topics known to
         exist (ensure_topics ran): kafka-python blocks up to max_block_ms on a missing one."""
-        wanted = {self._settings.topic_for(ns, agg) for ns, agg in aggregates} | {self._settings.dead_letter_topic}
-        for topic in sorted(wanted):
+        for topic in sorted(self._topics_for(aggregates)):
             try:
                 self._producer.partitions_for(topic)
             except KafkaError as exc:  # the first send looks it up again, and reports what is wrong

@@ -53,7 +53,7 @@ MAX_READ_S_WITH_UNITS = 0.005
 
 _SLOT_SQL = ("SELECT plugin, slot_type, database, confirmed_flush_lsn::text FROM pg_replication_slots "
              "WHERE slot_name = %s")
-_LAG_SQL = ("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn) FROM pg_replication_slots "
+SLOT_LAG_SQL = ("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn) FROM pg_replication_slots "
             "WHERE slot_name = %s")
 
 
@@ -262,9 +262,7 @@ class PgOutputChangeSource:
             self._last_arrival = time.monotonic()
             if exc.commit_lsn <= self._start_lsn:
                 return
-            handle = _Handle(exc.commit_lsn, SourcePosition(exc.commit_lsn, exc.commit_lsn))
-            self._released.append(handle)
-            self._not_done += 1
+            handle = self._release(exc.commit_lsn, SourcePosition(exc.commit_lsn, exc.commit_lsn))
             units.append(SourceUnit(None, handle, error=exc, raw={
                 "source": "pgoutput", "slot": self._settings.slot_name, "xid": exc.xid,
                 "commit_lsn": lsn_text(exc.commit_lsn), "commit_time": exc.commit_time.isoformat(),
@@ -275,10 +273,14 @@ class PgOutputChangeSource:
         self._last_arrival = time.monotonic()
         if transaction.commit_lsn <= self._start_lsn:
             return  # acknowledged before this start; the server resends from the slot's flush position
-        handle = _Handle(transaction.commit_lsn, _newest_position(transaction))
+        handle = self._release(transaction.commit_lsn, _newest_position(transaction))
+        units.append(SourceUnit(transaction, handle, heartbeat=_is_heartbeat(transaction)))
+
+    def _release(self, commit_lsn: int, position: SourcePosition) -> _Handle:
+        handle = _Handle(commit_lsn, position)
         self._released.append(handle)
         self._not_done += 1
-        units.append(SourceUnit(transaction, handle, heartbeat=_is_heartbeat(transaction)))
+        return handle
 
     def done(self, unit: SourceUnit) -> None:
         if not unit.handle.done:
@@ -325,7 +327,7 @@ class PgOutputChangeSource:
     def slot_lag_bytes(self) -> int:
         """WAL the server keeps for this slot: pg_current_wal_lsn() - confirmed_flush_lsn."""
         try:
-            row = self._sql.execute(_LAG_SQL, (self._settings.slot_name,)).fetchone()
+            row = self._sql.execute(SLOT_LAG_SQL, (self._settings.slot_name,)).fetchone()
         except psycopg.OperationalError as exc:
             raise ServiceUnavailable(f"cannot read slot lag from {self._where}: {_first_line(exc)}") from exc
         return int(row[0]) if row is not None and row[0] is not None else 0

@@ -67,8 +67,6 @@ class ReplicationStream:
                     "REPLICATION attribute (ALTER ROLE <user> REPLICATION) or superuser")
             raise ServiceUnavailable(f"cannot open a replication connection to {where}: {text}")
         self.reported_lsn = 0  # what the server was last told is flushed
-        self.server_wal_end = 0  # the server's WAL end from the last message: for lag, never for feedback
-        self.last_status_at = 0.0
         self.keepalives = 0
 
     def start(self, slot: str, start_lsn: int, options: Mapping[str, str]) -> None:
@@ -112,12 +110,12 @@ class ReplicationStream:
                 raise self._broken(self._end_reason())
             kind = data[0]
             if kind == 0x77:  # 'w'
-                data_start, wal_end, _ = _XLOG_HEADER.unpack_from(data, 1)
-                self.server_wal_end = max(self.server_wal_end, wal_end)
+                data_start, _, _ = _XLOG_HEADER.unpack_from(data, 1)
                 return data_start, bytes(data[1 + _XLOG_HEADER.size:])
             if kind == 0x6B:  # 'k'
-                wal_end, _, reply_requested = _KEEPALIVE.unpack_from(data, 1)
-                self.server_wal_end = max(self.server_wal_end, wal_end)
+                # The keepalive's WAL end is deliberately not used: reporting it could confirm what the
+                # pipeline has not delivered (the psycopg2 behaviour this module replaces).
+                _, _, reply_requested = _KEEPALIVE.unpack_from(data, 1)
                 self.keepalives += 1
                 if reply_requested:
                     self.send_status(self.reported_lsn)
@@ -142,7 +140,6 @@ class ReplicationStream:
             raise ServiceUnavailable(
                 f"reporting position {lsn_text(lsn)} to {self._where} failed: {_text(self._conn.error_message) or exc}"
             ) from exc
-        self.last_status_at = time.monotonic()
 
     @property
     def closed(self) -> bool:
