@@ -32,7 +32,7 @@ from bridge.eventlog import DEAD_LETTERS, EVENTS
 from bridge.pipeline import PipelineStats
 from bridge.settings import Settings
 from bridge.sinks.locallog_reader import Cursor, EventLogReader, LogNotFound, LogRecord
-from bridge.sources.pgoutput import SLOT_LAG_SQL, redacted
+from bridge.sources.pgoutput.source import SLOT_LAG_SQL, redacted
 
 if TYPE_CHECKING:
     from bridge.demo_view import DemoFacts, EventTally

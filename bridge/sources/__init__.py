@@ -1,6 +1,8 @@
-"""Change sources: each turns its input (Debezium records on Kafka, pgoutput, a snapshot) into one shape.
+"""Change sources: each turns its input into the one internal shape (RowChange, Transaction).
 
-Debezium decoding lives in debezium_records (entry point: decode_record), built from debezium_envelope
-(schema/payload split and plan caches), debezium_types (Connect schema -> plan), debezium_declared
-(declared PostgreSQL types for schemaless topics) and debezium_values (exact value conversions).
+    debezium/      Debezium change events on Kafka: the consumer (source), exact decoding (records, built from
+                   envelope, types, declared and values) and Kafka offset bookkeeping (offsets)
+    pgoutput/      PostgreSQL's logical replication read directly: the source, the streaming protocol over
+                   libpq (stream), message parsing (protocol), values and transaction assembly (changes)
+    transactions   reassembly of Debezium's per-table rows and transaction markers into transactions
 """

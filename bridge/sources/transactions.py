@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from bridge.changes import Op, RowChange, SourcePosition, Transaction
 from bridge.errors import ChangeError
-from bridge.sources.debezium_records import ChangeRecord, DecodedRecord, TransactionMarker
+from bridge.sources.debezium.records import ChangeRecord, DecodedRecord, TransactionMarker
 
 RecordRef = tuple[Hashable, int]  # (topic partition, offset)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from bridge.sources.pgoutput_protocol import parse_lsn
+from bridge.sources.pgoutput.protocol import parse_lsn
 from legacy_db.simulate import run_simulation
 from tests.support.bridge_process import BridgeProcess, write_e2e_config
 from tests.support.event_checks import (

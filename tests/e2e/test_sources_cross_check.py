@@ -16,7 +16,7 @@ from pathlib import Path
 from bridge.daemon import run_daemon
 from bridge.settings import Settings
 from bridge.sinks.locallog_reader import EventLogReader, LogRecord
-from bridge.sources.pgoutput import PgOutputChangeSource
+from bridge.sources.pgoutput.source import PgOutputChangeSource
 from legacy_db.simulate import run_simulation
 from tests.conftest import DebeziumCapture
 from tests.support.kafka_reading import payload, wait_for

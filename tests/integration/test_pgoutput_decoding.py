@@ -28,19 +28,19 @@ import psycopg
 import psycopg.rows
 
 from bridge.changes import UNKNOWN, Op, RowChange, Transaction
-from bridge.sources.debezium_records import (
+from bridge.sources.debezium.records import (
     ChangeRecord,
     DecodeOptions,
     TransactionMarker,
     decode_record,
 )
-from bridge.sources.pgoutput_changes import (
+from bridge.sources.pgoutput.changes import (
     PRIMARY_KEYS_SQL,
     PgOutputAssembler,
     primary_keys_from_rows,
 )
-from bridge.sources.pgoutput_protocol import Update, parse_lsn, parse_message
-from bridge.sources.pgoutput_values import SESSION_SETTINGS, USER_TYPES_SQL, UserType
+from bridge.sources.pgoutput.protocol import Update, parse_lsn, parse_message
+from bridge.sources.pgoutput.values import SESSION_SETTINGS, USER_TYPES_SQL, UserType
 from bridge.sources.transactions import TransactionAssembler
 from legacy_db.simulate import run_simulation
 from tests.conftest import DebeziumCapture

@@ -21,8 +21,8 @@ from bridge.changes import Op
 from bridge.errors import ConfigurationError, ServiceUnavailable
 from bridge.ports import SourceUnit
 from bridge.settings import PgOutputSource
-from bridge.sources.pgoutput import HEARTBEAT_PREFIX, PgOutputChangeSource
-from bridge.sources.pgoutput_protocol import parse_lsn
+from bridge.sources.pgoutput.source import HEARTBEAT_PREFIX, PgOutputChangeSource
+from bridge.sources.pgoutput.protocol import parse_lsn
 from legacy_db.simulate import run_simulation
 from tests.conftest import LegacyServer
 

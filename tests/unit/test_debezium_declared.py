@@ -17,9 +17,9 @@ import pytest
 
 from bridge.changes import UNKNOWN, Op
 from bridge.errors import ConfigurationError, DecodeError
-from bridge.sources.debezium_declared import DeclaredTypes, parse_pg_type
-from bridge.sources.debezium_records import ChangeRecord, DecodeOptions, Heartbeat, Tombstone, decode_record
-from bridge.sources.debezium_values import toast_forms
+from bridge.sources.debezium.declared import DeclaredTypes, parse_pg_type
+from bridge.sources.debezium.records import ChangeRecord, DecodeOptions, Heartbeat, Tombstone, decode_record
+from bridge.sources.debezium.values import toast_forms
 from tests.fixtures.debezium import fixture_io
 
 EXPECTED = fixture_io.load_expected()
@@ -221,7 +221,7 @@ def test_incremental_snapshot_reads_have_no_lsn_and_no_transaction() -> None:
 
 
 def test_each_distinct_schema_is_compiled_once() -> None:
-    from bridge.sources.debezium_envelope import envelope_plans
+    from bridge.sources.debezium.envelope import envelope_plans
     records = [r for r in fixture_io.load_records("schema_precise_adaptive", SCHEMAS)
                if r.value and b'"op":"c"' in r.value and r.topic.endswith("fx_default")]
     decode_record(records[0].topic, 0, 0, records[0].key, records[0].value, records[0].headers)

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from bridge.changes import UNKNOWN, Op
-from bridge.sources.debezium_records import (
+from bridge.sources.debezium.records import (
     LOGICAL_MESSAGES,
     ChangeRecord,
     DecodeOptions,
@@ -264,7 +264,7 @@ def test_unchanged_toast_is_unknown_in_every_typed_form() -> None:
 
 def test_raw_placeholder_forms_really_occur_in_the_fixtures() -> None:
     """Guards the test above: the recorded bytes hold every typed form, so UNKNOWN is earned."""
-    from bridge.sources.debezium_values import toast_forms
+    from bridge.sources.debezium.values import toast_forms
     forms = toast_forms("__debezium_unavailable_value")
     raw = "".join(r.value.decode() for r in fixture_io.load_records("plain_precise_adaptive", SCHEMAS) if r.value)
     for form in ('"__debezium_unavailable_value"', f'"{forms.bytes_b64}"', '["__debezium_unavailable_value"]',

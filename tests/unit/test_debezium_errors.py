@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from bridge.errors import DecodeError
-from bridge.sources.debezium_records import DebeziumDecodeError, DecodeOptions, decode_record
+from bridge.sources.debezium.records import DebeziumDecodeError, DecodeOptions, decode_record
 from tests.fixtures.debezium import fixture_io
 
 EXPECTED = fixture_io.load_expected()

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 from kafka import TopicPartition
 
 from bridge.settings import DebeziumSource
-from bridge.sources.debezium import DebeziumKafkaSource, _Session
-from bridge.sources.debezium_records import DecodeOptions
+from bridge.sources.debezium.source import DebeziumKafkaSource, _Session
+from bridge.sources.debezium.records import DecodeOptions
 
 ORDERS, ITEMS, TX = (TopicPartition("legacy.public.orders", 0), TopicPartition("legacy.public.order_items", 0),
                      TopicPartition("legacy.transaction", 0))

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 from kafka import TopicPartition
 
-from bridge.sources.debezium import _undeclared
-from bridge.sources.debezium_records import DecodeOptions, decode_record
+from bridge.sources.debezium.source import _undeclared
+from bridge.sources.debezium.records import DecodeOptions, decode_record
 
 VALUE = (b'{"before":null,"after":{"id":1,"price":"D54="},"source":{"version":"3.6.1.Final","connector":"postgresql",'
          b'"name":"legacy","ts_ms":1700000000000,"snapshot":"false","db":"restaurant","sequence":"[null,\\"100\\"]",'

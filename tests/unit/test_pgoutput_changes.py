@@ -1,7 +1,7 @@
 """Assembling pgoutput messages into Transactions: keys, before-images, TOAST, positions, errors.
 
 Streams are written with the encoder of test_pgoutput_protocol; the expected RowChanges follow the
-Debezium path's conventions (see bridge/sources/pgoutput_changes.py), which the integration test
+Debezium path's conventions (see bridge/sources/pgoutput/changes.py), which the integration test
 checks against real Debezium output.
 """
 
@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 
 from bridge.changes import UNKNOWN, LogicalMessage, Op, SourcePosition, Transaction
-from bridge.sources.pgoutput_changes import (
+from bridge.sources.pgoutput.changes import (
     PgOutputAssembler,
     TransactionDecodeError,
     primary_keys_from_rows,
 )
-from bridge.sources.pgoutput_protocol import PgOutputDecodeError
-from bridge.sources.pgoutput_values import UserType
+from bridge.sources.pgoutput.protocol import PgOutputDecodeError
+from bridge.sources.pgoutput.values import UserType
 from tests.unit.test_pgoutput_protocol import (
     begin,
     commit,

@@ -15,7 +15,7 @@ import pytest
 
 from bridge.changes import UNKNOWN
 from bridge.errors import DecodeError
-from bridge.sources.pgoutput_protocol import (
+from bridge.sources.pgoutput.protocol import (
     PG_EPOCH,
     Begin,
     Commit,

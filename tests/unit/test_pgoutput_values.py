@@ -1,7 +1,7 @@
 """Text-format values -> exact Python values, by type OID, with the Debezium decoder's conventions.
 
 The text is what PostgreSQL's output functions write (DateStyle ISO, bytea_output hex); the results
-must be the values bridge.sources.debezium_values gives for the same column, so both sources agree.
+must be the values bridge.sources.debezium.values gives for the same column, so both sources agree.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from bridge.sources import debezium_values
-from bridge.sources.pgoutput_values import UserType, column_decoder, parse_array
+from bridge.sources.debezium import values as debezium_values
+from bridge.sources.pgoutput.values import UserType, column_decoder, parse_array
 
 OID = {"bool": 16, "bytea": 17, "char": 18, "name": 19, "int8": 20, "int2": 21, "int4": 23, "text": 25, "oid": 26,
        "json": 114, "xml": 142, "float4": 700, "float8": 701, "money": 790, "inet": 869, "bpchar": 1042,
@@ -87,7 +87,7 @@ def test_scalars_decode_exactly(pg_type: str, text: str, expected: Any) -> None:
 
 
 def test_infinity_and_zones_follow_the_debezium_decoder() -> None:
-    """Same sentinels and the same UTC normalisation as bridge.sources.debezium_values."""
+    """Same sentinels and the same UTC normalisation as bridge.sources.debezium.values."""
     assert decode(OID["date"], "infinity") == debezium_values.date_from_days(-2147472692)
     assert decode(OID["date"], "-infinity") == debezium_values.date_from_days(-2147472691)
     assert decode(OID["timestamp"], "infinity") == debezium_values.timestamp_from_micros(9223372036825200000)

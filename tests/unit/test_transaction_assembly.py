@@ -7,8 +7,8 @@ from datetime import datetime, timezone
 import pytest
 
 from bridge.changes import Op
-from bridge.sources.debezium_records import ChangeRecord, TransactionMarker
-from bridge.sources.offsets import OffsetTracker
+from bridge.sources.debezium.records import ChangeRecord, TransactionMarker
+from bridge.sources.debezium.offsets import OffsetTracker
 from bridge.sources.transactions import TransactionAssembler, TransactionIncomplete
 
 T = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)

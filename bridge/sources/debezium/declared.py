@@ -20,8 +20,8 @@ from typing import Any
 
 from bridge.changes import UNKNOWN
 from bridge.errors import ConfigurationError
-from bridge.sources import debezium_values as v
-from bridge.sources.debezium_types import ColumnError, Converter, toast_aware
+from bridge.sources.debezium import values as v
+from bridge.sources.debezium.types import ColumnError, Converter, toast_aware
 
 DECIMAL_MODES = ("precise", "string", "double")
 TIME_MODES = ("adaptive", "adaptive_time_microseconds", "connect", "microseconds", "nanoseconds", "isostring")

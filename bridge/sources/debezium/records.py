@@ -23,9 +23,9 @@ from typing import Any
 
 from bridge.changes import UNKNOWN, LogicalMessage, Op
 from bridge.errors import DecodeError
-from bridge.sources import debezium_values as v
-from bridge.sources.debezium_declared import DeclaredTypes, check_modes
-from bridge.sources.debezium_envelope import (
+from bridge.sources.debezium import values as v
+from bridge.sources.debezium.declared import DeclaredTypes, check_modes
+from bridge.sources.debezium.envelope import (
     NotJson,
     envelope_plans,
     key_plan,
@@ -35,7 +35,7 @@ from bridge.sources.debezium_envelope import (
     require,
     split_document,
 )
-from bridge.sources.debezium_types import ColumnError, SchemaError, StructPlan
+from bridge.sources.debezium.types import ColumnError, SchemaError, StructPlan
 
 NEW_KEY_HEADER = "__debezium.newkey"
 OLD_KEY_HEADER = "__debezium.oldkey"

@@ -27,7 +27,7 @@ from psycopg import pq
 from psycopg.conninfo import make_conninfo
 
 from bridge.errors import ConfigurationError, ServiceUnavailable
-from bridge.sources.pgoutput_protocol import lsn_text
+from bridge.sources.pgoutput.protocol import lsn_text
 
 _XLOG_HEADER = struct.Struct(">QQQ")
 _KEEPALIVE = struct.Struct(">QQB")

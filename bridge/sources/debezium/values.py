@@ -2,8 +2,8 @@
 
 Each function takes one JSON value as the JsonConverter wrote it and returns the exact Python value,
 or raises ValueError/TypeError saying what it expected; the record decoder adds topic, offset and
-column. They are plain functions so that the per-schema plans (debezium_types) and the declared-type
-plans (debezium_declared) share one implementation of every encoding.
+column. They are plain functions so that the per-schema plans (debezium.types) and the declared-type
+plans (debezium.declared) share one implementation of every encoding.
 
 Infinity. PostgreSQL's 'infinity'/'-infinity' dates and timestamps have no Python value; Debezium
 encodes them as sentinels that depend on the unit (and, for dates, as an int32 overflow:

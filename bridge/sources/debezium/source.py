@@ -19,8 +19,8 @@ from bridge.changes import SourcePosition, Transaction
 from bridge.errors import DecodeError, ServiceUnavailable
 from bridge.ports import SourceUnit
 from bridge.settings import DebeziumSource
-from bridge.sources.debezium_records import ChangeRecord, DecodeOptions, Heartbeat, Tombstone, decode_record
-from bridge.sources.offsets import OffsetTracker
+from bridge.sources.debezium.records import ChangeRecord, DecodeOptions, Heartbeat, Tombstone, decode_record
+from bridge.sources.debezium.offsets import OffsetTracker
 from bridge.sources.transactions import AssembledTransaction, RecordRef, TransactionAssembler
 
 log = logging.getLogger(__name__)

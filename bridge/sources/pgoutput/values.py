@@ -3,7 +3,7 @@
     column_decoder(type_oid, user_types) -> ColumnDecoder(decode, expected)
 
 `decode` turns one non-NULL text value into the value RowChange promises (see bridge.changes): the
-same Python value, of the same type, that the Debezium decoder (bridge.sources.debezium_values)
+same Python value, of the same type, that the Debezium decoder (bridge.sources.debezium.values)
 produces for the same column, so a change gives the same domain events whichever source carried it.
 `decode` is None for text-like types: the str is already the value, and skipping the call is the
 single biggest saving when decoding wide rows.

@@ -19,8 +19,8 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from bridge.sources import debezium_values as v
-from bridge.sources.debezium_types import SchemaError, StructPlan, compile_struct
+from bridge.sources.debezium import values as v
+from bridge.sources.debezium.types import SchemaError, StructPlan, compile_struct
 
 _SCHEMA_HEAD = b'{"schema":'
 _PAYLOAD_SEP = b',"payload":'

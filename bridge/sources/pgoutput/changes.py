@@ -4,7 +4,7 @@
     for lsn, data in stream:                       # peek rows, or XLogData payloads
         transaction = assembler.feed(lsn, data)    # a Transaction at each Commit, else None
 
-The result is what the Debezium path (debezium_records + transactions) yields for the same change,
+The result is what the Debezium path (debezium.records + transactions) yields for the same change,
 value for value, so mappings and event ids cannot tell the sources apart:
 
 - key: the primary-key columns. Under REPLICA IDENTITY DEFAULT the Relation message flags exactly
@@ -43,7 +43,7 @@ from datetime import datetime
 from typing import Any
 
 from bridge.changes import UNKNOWN, LogicalMessage, Op, RowChange, SourcePosition, Transaction
-from bridge.sources.pgoutput_protocol import (
+from bridge.sources.pgoutput.protocol import (
     Begin,
     Commit,
     Delete,
@@ -60,7 +60,7 @@ from bridge.sources.pgoutput_protocol import (
     lsn_text,
     parse_message,
 )
-from bridge.sources.pgoutput_values import UserType, column_decoder
+from bridge.sources.pgoutput.values import UserType, column_decoder
 
 # Primary-key columns of every table, in key order: the `primary_keys` argument.
 PRIMARY_KEYS_SQL = """

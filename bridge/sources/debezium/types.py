@@ -1,7 +1,7 @@
 """Compile a Kafka Connect schema (as the JsonConverter writes it) into a plan that decodes rows exactly.
 
 Debezium repeats the full schema on every record, so the decoder compiles each distinct schema once
-(debezium_records caches plans by the schema's JSON text) and then decodes a row with one converter
+(debezium.records caches plans by the schema's JSON text) and then decodes a row with one converter
 call per column: no per-value type dispatch, no second look at the schema.
 
 The semantic `name` decides the Python value (io.debezium.time.MicroTimestamp -> naive datetime, Connect
@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from bridge.changes import UNKNOWN
-from bridge.sources import debezium_values as v
+from bridge.sources.debezium import values as v
 
 Converter = Callable[[Any], Any]
 

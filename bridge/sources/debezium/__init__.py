@@ -1,0 +1,1 @@
+"""Debezium's change events on Kafka as a change source: consume, decode exactly, reassemble, commit after delivery."""
