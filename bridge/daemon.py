@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 from bridge.errors import MappingError
@@ -76,15 +77,25 @@ def _open_sink(settings: Settings, mappings: Any) -> EventSink:
 def _open_source(settings: Settings, mappings: Any) -> tuple[ChangeSource, dict[str, Any]]:
     """The configured source, and what to log about where it reads."""
     if settings.source.kind == "pgoutput":
+        from bridge.sources.pgoutput.drift import MappingContract
         from bridge.sources.pgoutput.source import PgOutputChangeSource, redacted
 
-        pg = PgOutputChangeSource(settings.source, tables=mappings.tables())
+        pg = PgOutputChangeSource(settings.source, tables=mappings.tables(), contract=MappingContract.of(mappings),
+                                  acknowledged_path=acknowledged_path(settings))
         return pg, {"source": "pgoutput", "dsn": redacted(settings.source.dsn), "slot": settings.source.slot_name,
                     "publication": settings.source.publication_name}
     from bridge.sources.debezium.source import DebeziumKafkaSource
 
     debezium = DebeziumKafkaSource(settings.source, tables=mappings.tables(), declared_types=mappings.declared_types())
     return debezium, {"source": "debezium", "topics": debezium.topics}
+
+
+def acknowledged_path(settings: Settings) -> Path | None:
+    """Where the pgoutput source keeps its acknowledged position: as configured, else beside the prior-row store."""
+    configured = getattr(settings.source, "acknowledged_path", None)
+    if configured is not None:
+        return Path(configured)
+    return settings.state.path.with_suffix(".acknowledged.json") if settings.state.path is not None else None
 
 
 def run_daemon(settings: Settings, *, stop: threading.Event | None = None,

@@ -18,7 +18,7 @@ from typing import Any
 
 from bridge.errors import BridgeError, DeliveryError
 from bridge.mapping.translate import translate
-from bridge.ports import ChangeSource, EventSink, SourceUnit
+from bridge.ports import ChangeSource, EventSink, ReplaysFromFloor, SourceUnit
 from bridge.sinks.dead_letters import dead_letter_for_change, dead_letter_for_record
 from bridge.state import PriorRowStore
 
@@ -119,7 +119,8 @@ class Pipeline:
             return
         transaction = unit.transaction
         assert transaction is not None
-        result = translate(transaction, self.mappings, source_id=self.source_id, prior_rows=self.prior_rows)
+        result = translate(transaction, self.mappings, source_id=self.source_id, prior_rows=self.prior_rows,
+                           stopped_rules=unit.stopped_rules)
         self.stats.transactions += not unit.heartbeat  # the source's keep-alives are not legacy transactions
         self.stats.changes += len(transaction.changes)
         self.stats.unmatched.update(result.unmatched)
@@ -200,7 +201,9 @@ class Pipeline:
             self.prior_rows.flush()
         safe = self.source.commit()
         if safe is not None and self.prior_rows is not None:
-            self.prior_rows.schedule_prune(safe)
+            # A replay can start before what was committed (a slot moved back): keep history back to there.
+            floor = self.source.replay_floor() if isinstance(self.source, ReplaysFromFloor) else None
+            self.prior_rows.schedule_prune(safe if floor is None else min(safe, floor))
 
     def _safe_checkpoint(self) -> None:
         try:

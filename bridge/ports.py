@@ -7,9 +7,9 @@ asynchronously and reports each delivery through a callback, which may run on an
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from bridge.changes import SourcePosition, Transaction
 from bridge.errors import ChangeError
@@ -25,6 +25,8 @@ class SourceUnit:
     error: ChangeError | None = None  # set when the record could not be turned into a transaction
     raw: dict[str, Any] = field(default_factory=dict)  # the original record, for dead letters
     heartbeat: bool = False  # the source's own keep-alive: acknowledged like any unit, but not activity
+    # rule id -> why it must not translate this unit (the table changed under it): its changes are dead-lettered
+    stopped_rules: Mapping[str, str] = field(default_factory=dict)
 
 
 class ChangeSource(Protocol):
@@ -41,6 +43,14 @@ class ChangeSource(Protocol):
         """Records read but not yet done (held for assembly or waiting for delivery): 0 means idle."""
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class ReplaysFromFloor(Protocol):
+    """A source whose upstream may, after its own restart, resend changes older than what was committed (a
+    PostgreSQL slot that moved back): the prior-row store must keep history back to this floor."""
+
+    def replay_floor(self) -> SourcePosition | None: ...
 
 
 DeliveryCallback = Callable[[Exception | None], None]

@@ -69,6 +69,13 @@ class PgOutputSource(_Section):
     status_interval_s: float = Field(1.0, gt=0, description="how often the acknowledged position is reported")
     slot_busy_wait_s: float = Field(
         30.0, ge=0, description="how long to wait for a slot still held by a bridge that just died")
+    connect_timeout_s: float = Field(10.0, gt=0, description="how long a connection to the server may take to open")
+    silence_warning_s: float = Field(
+        60.0, gt=0, description="warn when neither data nor a keepalive arrived for this long (the heartbeat "
+                                "should come back every heartbeat_interval_s, so keep it longer than that)")
+    acknowledged_path: Path | None = Field(
+        None, description="where the position acknowledged to the slot is kept, so transactions a restarted "
+                          "server resends are not published twice; default: beside state.path")
 
 
 class KafkaSink(_Section):
@@ -197,7 +204,8 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     resolved = dict(data)
     if isinstance(resolved.get("mappings"), list):
         resolved["mappings"] = [str(base / p) if not Path(p).is_absolute() else p for p in resolved["mappings"]]
-    for section, keys in (("state", ("path",)), ("sink", ("path", "dead_letter_path"))):
+    for section, keys in (("state", ("path",)), ("sink", ("path", "dead_letter_path")),
+                          ("source", ("acknowledged_path",))):
         values = resolved.get(section)
         if isinstance(values, dict):
             resolved[section] = {**values, **{key: str(base / values[key]) for key in keys

@@ -72,6 +72,7 @@ def compile_file(doc: YamlDocument, spec: MappingFileSpec, known_schema: Declare
 class _RuleState:
     id: str
     used: set[str] = field(default_factory=set)  # names read anywhere in the rule
+    columns: set[tuple[str, str]] = field(default_factory=set)  # (table, column or "*") read anywhere
 
 
 class _Builder:
@@ -149,6 +150,7 @@ class _Builder:
             self.problem(path, str(exc))
             return None
         state.used |= compiled.names
+        state.columns |= compiled.columns
         return compiled.evaluate
 
     def predicate(self, text: str | None, path: tuple[Any, ...], names: Mapping[str, NameSpec],
@@ -198,10 +200,15 @@ class _Builder:
             return None
         ops = frozenset(Op(letter) for letter in rule.ops)
         reads_before = bool(state.used & {"before", "changed"}) and bool(ops & {Op.UPDATE, Op.DELETE})
+        reads = set(state.columns)
+        if "changed" in state.used:  # compares every column of the row
+            reads.add((table, "*"))
+        if "tx" in state.used:  # any row of any table in the transaction
+            reads.add(("*", "*"))
         return CompiledRule(
             id=rule.id, origin=origin, namespace=self.spec.namespace, schema=schema, table=table, ops=ops,
             ignore=rule.ignore, on_error=rule.on_error or self.spec.on_error, when=when, lets=lets,
-            emits=tuple(e for e in emits if e is not None), reads_before=reads_before)
+            emits=tuple(e for e in emits if e is not None), reads_before=reads_before, reads=frozenset(reads))
 
     def emit(self, path: tuple[Any, ...], emit: EmitSpec, names: dict[str, NameSpec],
              item_fields: Mapping[str, frozenset[str]], state: _RuleState) -> CompiledEmit | None:

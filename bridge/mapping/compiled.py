@@ -73,6 +73,13 @@ class CompiledRule:
     lets: Mapping[str, Getter]
     emits: tuple[CompiledEmit, ...]
     reads_before: bool  # reads `before` or `changed` on an update or delete: needs the old row
+    # (table, column) pairs its expressions read; column "*" a whole row, ("*", "*") any table (`tx`).
+    # The default, for rules built by hand, claims everything: a schema change then stops them too.
+    reads: frozenset[tuple[str, str]] = frozenset({("*", "*")})
+
+    def reads_column(self, table: str, column: str) -> bool:
+        reads = self.reads
+        return (table, column) in reads or (table, "*") in reads or ("*", "*") in reads
 
     @property
     def qualified_table(self) -> str:
@@ -116,6 +123,11 @@ class CompiledMappings:
             if rule.reads_before:
                 needs.setdefault(rule.table, []).append(rule.id)
         return {table: tuple(ids) for table, ids in needs.items()}
+
+    def rules_reading(self, table: str, column: str) -> list[CompiledRule]:
+        """The rules whose translation depends on `column` of `table` (plain names): a schema change of it
+        concerns exactly these."""
+        return [rule for rule in self.rules if rule.reads_column(table, column)]
 
     def tables(self) -> list[str]:
         """The tables rules read (plain names; each rule's schema is in rule.schema)."""

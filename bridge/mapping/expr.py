@@ -69,6 +69,13 @@ class Expression:
     text: str
     evaluate: Getter
     names: frozenset[str]  # every name it reads, so the loader knows e.g. who needs `before`
+    # (table, column) of every row column it reads, column "*" for a whole row (`after` passed on as a value):
+    # a source that sees a column change type knows which rules it must stop.
+    columns: frozenset[tuple[str, str]] = frozenset()
+
+
+# NameSpec.attrs_are of names whose attributes are a table's columns (before, after, key, row).
+_ROW_NAMES = frozenset({"column", "key column"})
 
 
 def compile_expression(text: str, names: Mapping[str, NameSpec]) -> Expression:
@@ -82,7 +89,8 @@ def compile_expression(text: str, names: Mapping[str, NameSpec]) -> Expression:
         raise ExprError(f"expression is {len(source)} characters long (at most {MAX_LENGTH})")
     tree = _parse(source)
     compiler = _Compiler(source, names)
-    return Expression(source, compiler.compile(tree.body, 0), frozenset(compiler.used))
+    evaluate = compiler.compile(tree.body, 0)
+    return Expression(source, evaluate, frozenset(compiler.used), frozenset(compiler.columns))
 
 
 def _parse(source: str) -> ast.Expression:
@@ -140,6 +148,8 @@ class _Compiler:
         self.source = source
         self.names = names
         self.used: set[str] = set()
+        self.columns: set[tuple[str, str]] = set()
+        self._row_bases: set[int] = set()  # Name nodes read as `name.column`, not as whole rows
         self.count = 0
 
     def compile(self, node: ast.AST, depth: int) -> Getter:
@@ -174,6 +184,8 @@ class _Compiler:
         if spec is None:
             raise ExprError(self.unknown_name(node.id))
         self.used.add(node.id)
+        if spec.attrs_are in _ROW_NAMES and spec.owner and id(node) not in self._row_bases:
+            self.columns.add((spec.owner, "*"))
         return spec.getter
 
     def unknown_name(self, name: str) -> str:
@@ -196,6 +208,9 @@ class _Compiler:
                 raise ExprError(
                     f"unknown {spec.attrs_are} '{attr}'{owner} in {base.id}.{attr} (expected one of "
                     f"{', '.join(sorted(spec.attrs)) or 'nothing'})" + (f"; did you mean '{hint[0]}'?" if hint else ""))
+            if spec.attrs_are in _ROW_NAMES and spec.owner:
+                self.columns.add((spec.owner, attr))
+                self._row_bases.add(id(base))
         read = self.compile(base, depth)
         where = self.text(node)
         return lambda scope: read_field(read(scope), attr, where)

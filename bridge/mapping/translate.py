@@ -104,11 +104,15 @@ class TranslationResult:
 
 
 def translate(tx: Transaction, mappings: CompiledMappings, *, source_id: str,
-              prior_rows: PriorRows | None = None) -> TranslationResult:
+              prior_rows: PriorRows | None = None, stopped_rules: Mapping[str, str] | None = None) -> TranslationResult:
     """Translate one committed transaction.
 
     Never raises for a change: a failing rule becomes a DeadLetter carrying the rule's on_error policy, so
     the caller (which may override the policy) decides whether to publish it or to stop.
+
+    stopped_rules: rule id -> why it must not run (the source saw the table change under it). Every change
+    such a rule is registered for becomes a DeadLetter with that reason, without evaluating its `when`,
+    which may read the very column whose values no longer mean what the rule expects.
     """
     result = TranslationResult()
     txi = TxIndex(tx, prior_rows, mappings)
@@ -124,7 +128,7 @@ def translate(tx: Transaction, mappings: CompiledMappings, *, source_id: str,
             continue
         ctx = ChangeContext(change, txi)
         ignores, emitters = rules
-        if _silenced(ignores, ctx, result):
+        if _silenced(ignores, ctx, result, stopped_rules):
             txi.record(change, ctx)
             continue
         matched = failed = False
@@ -132,6 +136,8 @@ def translate(tx: Transaction, mappings: CompiledMappings, *, source_id: str,
         for rule in emitters:
             scope = Scope(ctx, rule.lets)
             try:
+                if stopped_rules and rule.id in stopped_rules:
+                    raise TranslationError(f"rule '{rule.id}' is stopped: {stopped_rules[rule.id]}")
                 if rule.when is not None and not rule.when(scope):
                     continue
                 outputs = _run_emits(rule, scope)
@@ -156,10 +162,13 @@ def translate(tx: Transaction, mappings: CompiledMappings, *, source_id: str,
     return result
 
 
-def _silenced(ignores: tuple[CompiledRule, ...], ctx: ChangeContext, result: TranslationResult) -> bool:
+def _silenced(ignores: tuple[CompiledRule, ...], ctx: ChangeContext, result: TranslationResult,
+              stopped_rules: Mapping[str, str] | None) -> bool:
     """True when an ignore rule silences the change, or when one failed (then the change is dead-lettered)."""
     for rule in ignores:
         try:
+            if stopped_rules and rule.id in stopped_rules:
+                raise TranslationError(f"rule '{rule.id}' is stopped: {stopped_rules[rule.id]}")
             if rule.when is not None and not rule.when(Scope(ctx, rule.lets)):
                 continue
         except TranslationError as exc:

@@ -362,3 +362,55 @@ def test_the_in_memory_prior_rows_keep_known_values_and_forget_deleted_rows() ->
     prior.remember(change("c", "items", ITEM))
     prior.remember(change("t", "items"))
     assert len(prior) == 0
+
+
+def test_a_stopped_rule_dead_letters_every_change_it_is_registered_for_and_the_others_translate(
+        tmp_path: Path) -> None:
+    m = mappings(tmp_path, """\
+    - {id: items.touched, table: items, ops: [u], when: "changed == {'updated_on'}", ignore: true}
+    - id: items.priced
+      table: items
+      ops: [c, u]
+      when: after.price > 0
+      emit: [{event: ItemPriced, aggregate: {type: item, id: after.id}, data: {price: after.price}}]
+    - id: items.named
+      table: items
+      ops: [c]
+      emit: [{event: ItemNamed, aggregate: {type: item, id: after.id}, data: {name: after.name}}]
+    """)
+    created = change("c", "items", {**ITEM, "price": "cheap"})  # `when` would fail on it: it is not run
+    stopped = {"items.priced": "schema drift: public.items.price is declared numeric(10,2) ... now text"}
+    result = translate(tx(created), m, source_id="test", stopped_rules=stopped)
+    assert [e.type for e in result.events] == ["shop.item.ItemNamed.v1"]
+    [letter] = result.dead_letters
+    assert letter.rule_id == "items.priced" and letter.on_error == "dead_letter"
+    assert letter.error == f"rule 'items.priced' is stopped: {stopped['items.priced']}"
+
+    touched = change("u", "items", {**ITEM, "updated_on": datetime(2024, 6, 1)}, ITEM, lsn=2)
+    result = translate(tx(touched), m, source_id="test", stopped_rules={"items.touched": "drift"})
+    assert result.events == [] and [d.rule_id for d in result.dead_letters] == ["items.touched"]
+    assert result.ignored == {}, "a stopped ignore rule cannot tell whether to ignore: the change is dead-lettered"
+
+
+def test_each_rule_knows_the_columns_it_reads(tmp_path: Path) -> None:
+    m = mappings(tmp_path, """\
+    - {id: items.touched, table: items, ops: [u], when: "changed == {'updated_on'}", ignore: true}
+    - id: items.priced
+      table: items
+      ops: [u]
+      when: before.price != after.price
+      emit: [{event: ItemPriced, aggregate: {type: item, id: key.id}, data: {price: after.price}}]
+    - id: items.with_lines
+      table: items
+      ops: [c]
+      let:
+        quantities: {collect: {table: lines, where: row.item_id == after.id, value: row.qty}}
+      emit: [{event: ItemListed, aggregate: {type: item, id: after.id}, data: {row: after, qty: quantities}}]
+    """)
+    reads = {rule.id: rule.reads for rule in m.rules}
+    assert reads["items.touched"] == {("items", "*")}  # `changed` compares the whole row
+    assert reads["items.priced"] == {("items", "price"), ("items", "id")}
+    assert reads["items.with_lines"] == {("items", "id"), ("items", "*"), ("lines", "item_id"), ("lines", "qty")}
+    assert [r.id for r in m.rules_reading("lines", "qty")] == ["items.with_lines"]
+    assert [r.id for r in m.rules_reading("lines", "price")] == []
+    assert [r.id for r in m.rules_reading("items", "price")] == ["items.touched", "items.priced", "items.with_lines"]

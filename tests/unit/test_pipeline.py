@@ -198,3 +198,43 @@ def test_heartbeats_are_acknowledged_but_do_not_keep_a_batch_run_alive(tmp_path:
     assert not runner.is_alive(), "heartbeats were taken for work: the idle exit never came"
     assert source.done_units and all(unit.handle == "beat" for unit in source.done_units)
     assert source.done_units and pipeline.stats.transactions == 0, "heartbeats are acknowledged, not counted"
+
+
+class SlotLikeSource(FakeSource):
+    """Commits like a replication slot that may, after a server restart, resend from an older floor."""
+
+    def __init__(self, units: list[SourceUnit], safe: SourcePosition, floor: SourcePosition | None) -> None:
+        super().__init__(units)
+        self.safe, self.floor = safe, floor
+
+    def commit(self) -> SourcePosition | None:
+        return self.safe
+
+    def replay_floor(self) -> SourcePosition | None:
+        return self.floor
+
+
+@pytest.mark.parametrize(("floor", "bound"), [
+    (SourcePosition(500, 0), SourcePosition(500, 0)),  # the slot could resend from 500: keep history back there
+    (SourcePosition(2000, 0), SourcePosition(900, 890)),  # never prune past what was acknowledged
+    (None, SourcePosition(900, 890)),
+])
+def test_the_prior_row_store_is_pruned_to_the_older_of_acknowledged_and_the_replay_floor(
+        tmp_path: Path, floor: SourcePosition | None, bound: SourcePosition) -> None:
+    from bridge.state import PriorRowStore
+
+    class RecordingStore(PriorRowStore):
+        bounds: list[SourcePosition] = []
+
+        def schedule_prune(self, committed: SourcePosition) -> None:
+            self.bounds.append(committed)
+            super().schedule_prune(committed)
+
+    store = RecordingStore(tmp_path / "rows.sqlite")
+    mapping = tmp_path / "shop.yaml"
+    mapping.write_text(MAPPING.format(policy="stop"))
+    source = SlotLikeSource([], SourcePosition(900, 890), floor)
+    pipeline = Pipeline(source, FakeSink(), load_mappings([mapping]), source_id="test", prior_rows=store)
+    pipeline._checkpoint()
+    store.close()
+    assert RecordingStore.bounds == [bound]

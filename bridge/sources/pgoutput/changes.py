@@ -218,6 +218,10 @@ class PgOutputAssembler:
         self._plans.clear()
 
     @property
+    def user_types(self) -> Mapping[int, UserType]:
+        return self._user_types
+
+    @property
     def in_transaction(self) -> bool:
         return self._open is not None
 

@@ -1,46 +1,50 @@
 """PostgreSQL's logical replication stream (pgoutput) as a ChangeSource: no Kafka Connect in between.
 
-Two connections, both psycopg 3:
+Two connections:
 
 - a replication connection streams the slot (bridge/sources/pgoutput/stream.py drives the protocol over
   psycopg 3's libpq binding). Streaming was chosen over polling the slot with SQL functions by measuring:
   p50 1.8 ms from commit to receipt against 22 ms, and no re-decoding of the slot on every poll;
-- an ordinary one does the rest: catalog queries, publication and slot creation, heartbeats, slot lag.
+- an ordinary one (sqlconn.py, after setup.py's checks) for heartbeats, the slot's restart_lsn, catalog
+  look-ups of new types and slot lag; never needed for correctness, reopened when it breaks.
 
-The slot's confirmed_flush_lsn is the bridge's only durable position. It moves only to the commit LSN of
-a transaction that, with every transaction before it, is done (all its events acknowledged by the sink),
-so a crash replays at worst what was not yet acknowledged. Slots are never dropped: they carry that
-position across restarts.
+Positions. The slot's confirmed_flush_lsn moves only to the commit LSN of a transaction that, with every
+transaction before it, is done (all its events acknowledged by the sink), or to a keepalive's WAL end
+once everything received before that keepalive is done; a crash replays at worst what was not yet
+acknowledged. Slots are never dropped. The position reported is also kept on local disk (acked.py): a
+slot that a server restart moved back (before PostgreSQL 17 the slot's position is often not on disk)
+is resumed where this bridge acknowledged, and what the server would resend is not published twice. The
+prior-row store keeps history back to the slot's restart_lsn (`replay_floor`), so that even a replay
+nobody could skip translates as the first time.
+
+Every way the connections can break (walsender terminated, server shut down or crashed, connection
+reset, no answer in time) is a ServiceUnavailable naming what broke: a new source resumes exactly.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
 
 import psycopg
-import psycopg.errors
-from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from bridge.changes import Op, SourcePosition, Transaction
-from bridge.errors import ConfigurationError, ServiceUnavailable
+from bridge.errors import BridgeError, ConfigurationError, ServiceUnavailable
 from bridge.ports import SourceUnit
 from bridge.settings import PgOutputSource
-from bridge.sources.pgoutput.changes import (
-    PRIMARY_KEYS_SQL,
-    PgOutputAssembler,
-    TransactionDecodeError,
-    primary_keys_from_rows,
-)
-from bridge.sources.pgoutput.protocol import lsn_text, parse_lsn
-from bridge.sources.pgoutput.stream import ReplicationStream, SlotInUse
-from bridge.sources.pgoutput.values import SESSION_SETTINGS, USER_TYPES_SQL, UserType
+from bridge.sources.pgoutput.acked import AcknowledgedPositions
+from bridge.sources.pgoutput.changes import PgOutputAssembler, TransactionDecodeError
+from bridge.sources.pgoutput.drift import MappingContract, SchemaWatch
+from bridge.sources.pgoutput.progress import Progress
+from bridge.sources.pgoutput.protocol import Relation, lsn_text, parse_lsn, parse_message
+from bridge.sources.pgoutput.setup import Prepared, first_line, prepare
+from bridge.sources.pgoutput.sqlconn import SqlConnection, SqlFailed
+from bridge.sources.pgoutput.stream import ReplicationStream, SlotInUse, SystemIdentity
+from bridge.sources.pgoutput.values import SESSION_SETTINGS, USER_TYPES_SQL, UserType, needs_catalog
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +54,15 @@ MAX_MESSAGES_PER_POLL = 5000
 # Hand over complete transactions after this long even while more messages wait: under sustained load the
 # first transaction of a long read would otherwise wait for the whole read before being published.
 MAX_READ_S_WITH_UNITS = 0.005
+# How often the slot's restart_lsn (the prior-row store's prune floor) is read again.
+SLOT_READ_INTERVAL_S = 5.0
+# A catalog look-up the decoder waits for (a new enum): longer means the server is not answering.
+CATALOG_TIMEOUT_S = 30.0
 
-_SLOT_SQL = ("SELECT plugin, slot_type, database, confirmed_flush_lsn::text FROM pg_replication_slots "
-             "WHERE slot_name = %s")
 SLOT_LAG_SQL = ("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn) FROM pg_replication_slots "
-            "WHERE slot_name = %s")
+                "WHERE slot_name = %s")
+_SLOT_STATE_SQL = "SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = $1"
+_HEARTBEAT_SQL = "SELECT pg_logical_emit_message(false, $1, '')"
 
 
 def redacted(dsn: str) -> str:
@@ -67,154 +75,79 @@ def redacted(dsn: str) -> str:
     return make_conninfo("", **{k: str(v) for k, v in params.items() if v is not None})
 
 
-@dataclass(slots=True)
-class _Handle:
-    """One released unit, in commit order; its commit LSN becomes safe once it and all before it are done."""
-
-    commit_lsn: int
-    position: SourcePosition
-    done: bool = False
-
-
 class PgOutputChangeSource:
-    """Streams the pgoutput slot of the mapped tables; one SourceUnit per committed transaction."""
+    """Streams the pgoutput slot of the mapped tables; one SourceUnit per committed transaction.
 
-    def __init__(self, settings: PgOutputSource, tables: Iterable[str]) -> None:
+    contract: the mappings' declared column types and the columns each rule reads; with it, a table whose
+    Relation message no longer fits stops the rules reading the changed column (SourceUnit.stopped_rules).
+    acknowledged_path: where the acknowledged position is kept across restarts (acked.py); None: nowhere.
+    """
+
+    def __init__(self, settings: PgOutputSource, tables: Iterable[str], *, contract: MappingContract | None = None,
+                 acknowledged_path: Path | None = None) -> None:
         self._settings = settings
         self._tables = sorted(set(tables))
         if not self._tables:
             raise ConfigurationError("the pgoutput source needs at least one mapped table to publish")
         self._where = redacted(settings.dsn)
-        self._released: deque[_Handle] = deque()
-        self._not_done = 0  # released handles not yet done: pending() is asked every loop turn
-        self._last_safe: SourcePosition | None = None
+        self._progress = Progress(0)
         self._stream: ReplicationStream | None = None
-        self._start_lsn = self._acknowledged = 0
-        self.created_slot = False
-        self.created_publication = False
-        self._sql = self._connect_sql()
+        self._sql: SqlConnection | None = None
+        self._identity: SystemIdentity | None = None
+        self._positions = AcknowledgedPositions(acknowledged_path) if acknowledged_path is not None else None
+        self._watch = SchemaWatch(contract, schema=settings.schema_name) if contract is not None else None
+        self._stopped_in_transaction: dict[str, str] = {}
+        self._start_lsn = self._restart_lsn = 0
+        self.created_slot = self.created_publication = False
         try:
-            self._prepare()
-            self._start_lsn = self._acknowledged = self._confirmed_flush()
-            self._start_stream()
+            prepared = self._prepare()
+            self.created_slot, self.created_publication = prepared.created_slot, prepared.created_publication
+            self._restart_lsn = prepared.restart_lsn
+            self._assembler = PgOutputAssembler(user_types=prepared.user_types, primary_keys=prepared.primary_keys)
+            self._sql = SqlConnection(settings.dsn, where=self._where, application_name="cdc-bridge",
+                                      connect_timeout_s=settings.connect_timeout_s)
+            self._start_stream(prepared.confirmed_flush_lsn)
         except BaseException:
             self.close()
             raise
         now = time.monotonic()
-        self._last_arrival = self._last_heartbeat = self._last_status = now
+        self._last_arrival = self._last_heartbeat = self._last_status = self._last_check = now
+        self._last_slot_read = now
+        self._silence_warned_at: float | None = None
 
     # --- setup -------------------------------------------------------------------------------------
 
-    def _connect_sql(self) -> psycopg.Connection[Any]:
+    def _prepare(self) -> Prepared:
+        """Publication, slot and catalog, on a connection of its own closed right after."""
         try:
-            return psycopg.connect(self._settings.dsn, autocommit=True, application_name="cdc-bridge")
+            conn = psycopg.connect(self._settings.dsn, autocommit=True, application_name="cdc-bridge-setup",
+                                   connect_timeout=max(2, round(self._settings.connect_timeout_s)))
         except psycopg.OperationalError as exc:
             raise ServiceUnavailable(
-                f"cannot connect to the legacy PostgreSQL at {self._where} (source.dsn): {_first_line(exc)}; "
+                f"cannot connect to the legacy PostgreSQL at {self._where} (source.dsn): {first_line(exc)}; "
                 "check the address, credentials and that the server is up") from exc
+        try:
+            return prepare(conn, self._settings, self._tables, self._where)
+        except psycopg.OperationalError as exc:
+            raise ServiceUnavailable(
+                f"the legacy PostgreSQL at {self._where} went away while the source was set up: {first_line(exc)}"
+            ) from exc
+        finally:
+            conn.close()
 
-    def _prepare(self) -> None:
-        """Check the server, then create what is missing: the publication first, since the slot's decoding
-        of later WAL uses the publication as it is then."""
-        wal_level = self._sql.execute("SHOW wal_level").fetchone()[0]  # type: ignore[index]
-        if wal_level != "logical":
-            raise ConfigurationError(
-                f"PostgreSQL at {self._where} has wal_level = {wal_level}, but logical decoding needs "
-                "wal_level = logical: run ALTER SYSTEM SET wal_level = logical and restart PostgreSQL")
-        self._require_tables()
-        self._ensure_publication()
-        self._ensure_slot()
-        self._assembler = PgOutputAssembler(
-            user_types=[UserType.from_row(row) for row in self._sql.execute(USER_TYPES_SQL)],
-            primary_keys=primary_keys_from_rows(self._sql.execute(PRIMARY_KEYS_SQL).fetchall()))
-
-    def _require_tables(self) -> None:
-        schema = self._settings.schema_name
-        found = {name for (name,) in self._sql.execute(
-            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = %s AND c.relname = ANY(%s) AND c.relkind IN ('r', 'p')", (schema, self._tables))}
-        if missing := [t for t in self._tables if t not in found]:
-            database = self._sql.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
-            raise ConfigurationError(
-                f"the mappings read table(s) {', '.join(f'{schema}.{t}' for t in missing)}, which database "
-                f"{database!r} at {self._where} does not have: fix the rules' `table:`, source.schema_name, or "
-                "source.dsn (is it the legacy database?)")
-
-    def _ensure_publication(self) -> None:
-        name, schema = self._settings.publication_name, self._settings.schema_name
-        wanted = {f"{schema}.{t}" for t in self._tables}
-        table_list = sql.SQL(", ").join(sql.Identifier(schema, t) for t in self._tables)
-        exists = self._sql.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (name,)).fetchone()
-        if exists is None:
-            create = sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(sql.Identifier(name), table_list)
-            if not self._settings.create_publication:
-                raise ConfigurationError(
-                    f"publication {name!r} does not exist on {self._where} and source.create_publication is false: "
-                    f"create it with {create.as_string(self._sql)}")
-            try:
-                self._sql.execute(create)
-                self.created_publication = True
-                log.info("publication created", extra={"publication": name, "tables": sorted(wanted)})
-                return
-            except psycopg.errors.DuplicateObject:
-                pass  # another instance created it meanwhile: check it like any existing one
-            except psycopg.errors.InsufficientPrivilege as exc:
-                raise ConfigurationError(
-                    f"cannot create publication {name!r} on {self._where}: {_first_line(exc)}. It needs the CREATE "
-                    "privilege on the database and ownership of the tables (or a superuser); or have an administrator "
-                    f"run {create.as_string(self._sql)}") from exc
-        rows = self._sql.execute(
-            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (name,)).fetchall()
-        present = {f"{s}.{t}" for s, t in rows}
-        if present != wanted:
-            alter = sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(sql.Identifier(name), table_list)
-            raise ConfigurationError(
-                f"publication {name!r} on {self._where} does not cover exactly the mapped tables: "
-                f"missing {sorted(wanted - present) or 'none'}, not mapped {sorted(present - wanted) or 'none'}. "
-                f"Fix: {alter.as_string(self._sql)}")
-
-    def _ensure_slot(self) -> None:
-        name = self._settings.slot_name
-        row = self._sql.execute(_SLOT_SQL, (name,)).fetchone()
-        if row is None:
-            if not self._settings.create_slot:
-                raise ConfigurationError(
-                    f"replication slot {name!r} does not exist on {self._where} and source.create_slot is false: "
-                    f"create it with SELECT pg_create_logical_replication_slot('{name}', 'pgoutput')")
-            try:
-                self._sql.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (name,))
-                self.created_slot = True
-                log.info("replication slot created", extra={"slot": name})
-            except psycopg.errors.DuplicateObject:
-                pass  # another instance created it meanwhile
-            except psycopg.errors.InsufficientPrivilege as exc:
-                raise ConfigurationError(
-                    f"cannot create replication slot {name!r} on {self._where}: {_first_line(exc)}. The user needs "
-                    "the REPLICATION attribute (ALTER ROLE <user> REPLICATION) or superuser") from exc
-            row = self._sql.execute(_SLOT_SQL, (name,)).fetchone()
-            assert row is not None, "a slot just created or found to exist"
-        plugin, kind, database, _ = row
-        current = self._sql.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
-        if kind != "logical" or plugin != "pgoutput" or database != current:
-            raise ConfigurationError(
-                f"replication slot {name!r} on {self._where} is a {kind} slot with plugin {plugin!r} on database "
-                f"{database!r}; expected a logical pgoutput slot on {current!r}: choose another source.slot_name")
-
-    def _confirmed_flush(self) -> int:
-        row = self._sql.execute(_SLOT_SQL, (self._settings.slot_name,)).fetchone()
-        return parse_lsn(row[3]) if row is not None and row[3] else 0
-
-    def _start_stream(self) -> None:
-        """Stream from the slot's confirmed flush position (the server would too; asking for it says so).
-
-        A slot still held by the walsender of a bridge that just died (kill -9, a crashed host) is waited
-        for up to slot_busy_wait_s: the server frees it once it notices the dead connection.
-        """
+    def _start_stream(self, confirmed_flush: int) -> None:
+        """Stream from the slot's confirmed flush position, or from what this bridge acknowledged when the slot
+        moved back. A slot still held by the walsender of a bridge that just died (kill -9, a crashed host) is
+        waited for up to slot_busy_wait_s: the server frees it once it notices the dead connection."""
         deadline = time.monotonic() + self._settings.slot_busy_wait_s
         while True:
             self._stream = ReplicationStream(self._settings.dsn, where=self._where, session_options=SESSION_SETTINGS,
-                                             application_name="cdc-bridge-stream")
+                                             application_name="cdc-bridge-stream",
+                                             connect_timeout_s=self._settings.connect_timeout_s)
             try:
+                if self._identity is None:
+                    self._identity = self._stream.identify_system()
+                    self._start_lsn = self._resume_point(confirmed_flush, self._identity)
                 self._stream.start(self._settings.slot_name, self._start_lsn, {
                     "proto_version": "1", "publication_names": self._settings.publication_name, "messages": "true"})
                 break
@@ -225,7 +158,20 @@ class PgOutputChangeSource:
                 log.warning("replication slot busy; waiting for it", extra={"error": str(exc)})
                 time.sleep(1.0)
         self._stream.reported_lsn = self._start_lsn
+        self._progress = Progress(self._start_lsn)
+        self._stream.on_keepalive = self._on_keepalive
         log.info("streaming started", extra={"slot": self._settings.slot_name, "start_lsn": lsn_text(self._start_lsn)})
+
+    def _resume_point(self, confirmed_flush: int, identity: SystemIdentity) -> int:
+        kept = self._positions.recall(identity, self._settings.slot_name) if self._positions is not None else 0
+        if kept <= confirmed_flush:
+            return confirmed_flush
+        log.warning(
+            "replication slot moved back: the server would resend transactions this bridge already published "
+            "(before PostgreSQL 17 a slot's position is often not on disk at a restart); resuming where it "
+            "acknowledged", extra={"slot": self._settings.slot_name, "slot_confirmed_flush_lsn": lsn_text(confirmed_flush),
+                                   "acknowledged_lsn": lsn_text(kept), "moved_back_bytes": kept - confirmed_flush})
+        return kept
 
     # --- ChangeSource ------------------------------------------------------------------------------
 
@@ -256,14 +202,18 @@ class PgOutputChangeSource:
         return units
 
     def _take(self, lsn: int, payload: bytes, units: list[SourceUnit]) -> None:
+        message = parse_message(payload, lsn)
+        if isinstance(message, Relation):
+            self._relation(message, lsn)
         try:
-            transaction = self._assembler.feed(lsn, payload, received_at=datetime.now(UTC))
+            transaction = self._assembler.add(lsn, message, received_at=datetime.now(UTC))
         except TransactionDecodeError as exc:
             self._last_arrival = time.monotonic()
+            stopped = self._stopped_rules_of_transaction()
             if exc.commit_lsn <= self._start_lsn:
                 return
-            handle = self._release(exc.commit_lsn, SourcePosition(exc.commit_lsn, exc.commit_lsn))
-            units.append(SourceUnit(None, handle, error=exc, raw={
+            handle = self._progress.release(exc.commit_lsn, SourcePosition(exc.commit_lsn, exc.commit_lsn))
+            units.append(SourceUnit(None, handle, error=exc, stopped_rules=stopped, raw={
                 "source": "pgoutput", "slot": self._settings.slot_name, "xid": exc.xid,
                 "commit_lsn": lsn_text(exc.commit_lsn), "commit_time": exc.commit_time.isoformat(),
                 "relation": exc.relation, "column": exc.column, "error": str(exc)}))
@@ -271,35 +221,65 @@ class PgOutputChangeSource:
         if transaction is None:
             return
         self._last_arrival = time.monotonic()
+        stopped = self._stopped_rules_of_transaction()
         if transaction.commit_lsn <= self._start_lsn:
             return  # acknowledged before this start; the server resends from the slot's flush position
-        handle = self._release(transaction.commit_lsn, _newest_position(transaction))
-        units.append(SourceUnit(transaction, handle, heartbeat=_is_heartbeat(transaction)))
+        handle = self._progress.release(transaction.commit_lsn, _newest_position(transaction))
+        units.append(SourceUnit(transaction, handle, heartbeat=_is_heartbeat(transaction), stopped_rules=stopped))
 
-    def _release(self, commit_lsn: int, position: SourcePosition) -> _Handle:
-        handle = _Handle(commit_lsn, position)
-        self._released.append(handle)
-        self._not_done += 1
-        return handle
+    def _relation(self, relation: Relation, lsn: int) -> None:
+        """A table's shape, before its changes: learn types it uses that are new, then check it against the
+        mappings (rules stopped at any moment of a transaction stay stopped for the whole of it)."""
+        unknown = sorted({c.type_oid for c in relation.columns if needs_catalog(c.type_oid, self._assembler.user_types)})
+        if unknown:
+            self._learn_types(relation, unknown)
+        if self._watch is None:
+            return
+        self._stopped_in_transaction.update(self._watch.stopped_rules)
+        for note in self._watch.observe(relation, self._assembler.user_types, lsn):
+            log.log(note.level, note.message, extra=note.fields)
+
+    def _learn_types(self, relation: Relation, unknown: list[int]) -> None:
+        """Types created while the bridge runs (CREATE TYPE ... AS ENUM, a domain): read them from the catalog
+        so that enums decode as their labels and domains as their base type, like the types known at start."""
+        assert self._sql is not None
+        rows = self._sql.query("new types", USER_TYPES_SQL, timeout_s=CATALOG_TIMEOUT_S)
+        self._assembler.learn_types([UserType.from_row(row) for row in rows])
+        known = self._assembler.user_types
+        log.info("new types read from the catalog", extra={
+            "relation": relation.qualified_name,
+            "types": [f"{known[oid].namespace}.{known[oid].name}" for oid in unknown if oid in known]})
+        if missing := [oid for oid in unknown if oid not in known]:
+            announced = self._assembler.announced_types
+            log.warning("types of a relation are not in the catalog (dropped since?); their values cannot be "
+                        "decoded", extra={"relation": relation.qualified_name, "types": [
+                            f"{announced[oid].namespace}.{announced[oid].name}" if oid in announced else f"OID {oid}"
+                            for oid in missing]})
+
+    def _stopped_rules_of_transaction(self) -> dict[str, str]:
+        if self._watch is None:
+            return {}
+        stopped = {**self._stopped_in_transaction, **self._watch.stopped_rules}
+        self._stopped_in_transaction = {}
+        return stopped
 
     def done(self, unit: SourceUnit) -> None:
-        if not unit.handle.done:
-            unit.handle.done = True
-            self._not_done -= 1
+        self._progress.done(unit.handle)
 
     def pending(self) -> int:
         """Transactions handed out and not yet done, plus one while a transaction is half received."""
-        return self._not_done + int(self._assembler.in_transaction)
+        return self._progress.not_done + int(self._assembler.in_transaction)
 
     def commit(self) -> SourcePosition | None:
-        """Report the newest commit LSN whose transaction and all before it are done; return its position."""
-        released = self._released
-        while released and released[0].done:
-            handle = released.popleft()
-            self._acknowledged = max(self._acknowledged, handle.commit_lsn)
-            self._last_safe = handle.position
+        """Report the newest position whose transaction and all before it are done; return its position."""
+        self._progress.advance()
         self._send_status()
-        return self._last_safe
+        return self._progress.last_safe
+
+    def replay_floor(self) -> SourcePosition | None:
+        """The slot's restart_lsn: after a server restart the slot may resend anything committed after it,
+        even what was acknowledged, so history after it must stay in the prior-row store."""
+        return SourcePosition(self._restart_lsn, 0, 0) if self._restart_lsn else None
 
     def close(self) -> None:
         """Report what is done, then close both connections. The slot stays: it is the bridge's position."""
@@ -307,18 +287,19 @@ class PgOutputChangeSource:
             try:
                 if not self._stream.closed:
                     self.commit()
-            except ServiceUnavailable as exc:
-                log.warning("final status to the replication stream failed", extra={"error": _first_line(exc)})
+            except BridgeError as exc:
+                log.warning("final status to the replication stream failed", extra={"error": first_line(exc)})
             finally:
                 self._stream.close()
-        self._sql.close()
+        if self._sql is not None:
+            self._sql.close()
 
-    # --- liveness and lag --------------------------------------------------------------------------
+    # --- positions, liveness and lag ---------------------------------------------------------------
 
     @property
     def acknowledged_lsn(self) -> int:
         """The position last reported as flushed: the slot's confirmed_flush_lsn follows it."""
-        return self._acknowledged
+        return self._progress.acknowledged
 
     @property
     def keepalives_received(self) -> int:
@@ -326,33 +307,76 @@ class PgOutputChangeSource:
 
     def slot_lag_bytes(self) -> int:
         """WAL the server keeps for this slot: pg_current_wal_lsn() - confirmed_flush_lsn."""
-        try:
-            row = self._sql.execute(SLOT_LAG_SQL, (self._settings.slot_name,)).fetchone()
-        except psycopg.OperationalError as exc:
-            raise ServiceUnavailable(f"cannot read slot lag from {self._where}: {_first_line(exc)}") from exc
-        return int(row[0]) if row is not None and row[0] is not None else 0
+        assert self._sql is not None
+        rows = self._sql.query("slot lag", SLOT_LAG_SQL.replace("%s", "$1"), (self._settings.slot_name,),
+                               timeout_s=CATALOG_TIMEOUT_S)
+        return int(rows[0][0]) if rows and rows[0][0] is not None else 0
+
+    def _on_keepalive(self, wal_end: int) -> None:
+        """An idle bridge confirms a keepalive's WAL end at once (progress.py): PostgreSQL's shutdown waits
+        for that, and the reply to the keepalive, if it asks for one, then carries it."""
+        if self._progress.keepalive(wal_end, self._assembler.in_transaction):
+            self._send_status()
 
     def _keep_alive(self) -> None:
-        """Status every status_interval_s even when idle, and a heartbeat when no transaction arrived for
-        heartbeat_interval_s: the heartbeat's message flows through the pipeline and its acknowledgement lets
-        a quiet database's slot advance, so the server does not keep WAL forever."""
+        """Every status_interval_s: the position, a look at the SQL connection and at the stream's silence;
+        every few seconds the slot's restart_lsn; and a heartbeat when no transaction arrived for
+        heartbeat_interval_s: its message flows through the pipeline and its acknowledgement lets a quiet
+        database's slot advance, and its coming back shows the stream is alive."""
         now = time.monotonic()
+        sql_conn = self._sql
+        assert sql_conn is not None
         if now - self._last_status >= self._settings.status_interval_s:
             self._send_status()
+        if now - self._last_check >= self._settings.status_interval_s:
+            self._last_check = now
+            sql_conn.check()
+            self._watch_silence(now)
+        if now - self._last_slot_read >= SLOT_READ_INTERVAL_S:
+            self._last_slot_read = now
+            sql_conn.send("slot state", _SLOT_STATE_SQL, (self._settings.slot_name,), on_rows=self._slot_state)
         if now - max(self._last_arrival, self._last_heartbeat) >= self._settings.heartbeat_interval_s:
-            self._last_heartbeat = now
-            try:
-                self._sql.execute("SELECT pg_logical_emit_message(false, %s, '')", (HEARTBEAT_PREFIX,))
-            except psycopg.errors.InsufficientPrivilege as exc:
-                log.warning("heartbeat refused: grant EXECUTE on pg_logical_emit_message or use a REPLICATION role",
-                            extra={"error": _first_line(exc)})
-            except psycopg.OperationalError as exc:
-                raise ServiceUnavailable(f"heartbeat to {self._where} failed: {_first_line(exc)}") from exc
+            if sql_conn.send("heartbeat", _HEARTBEAT_SQL, (HEARTBEAT_PREFIX,), on_error=_heartbeat_refused):
+                self._last_heartbeat = now
+
+    def _slot_state(self, rows: list[tuple[str | None, ...]]) -> None:
+        if rows and rows[0][0]:
+            self._restart_lsn = max(self._restart_lsn, parse_lsn(rows[0][0]))
+
+    def _watch_silence(self, now: float) -> None:
+        """A warning every silence_warning_s while neither data nor a keepalive arrives; a line when it ends."""
+        assert self._stream is not None
+        silent = now - self._stream.last_received
+        limit = self._settings.silence_warning_s
+        if silent >= limit:
+            if self._silence_warned_at is None or now - self._silence_warned_at >= limit:
+                self._silence_warned_at = now
+                log.warning(
+                    f"replication stream silent for {silent:.0f} s: no data and no keepalive from the walsender "
+                    "(application_name cdc-bridge-stream); waiting for it. The heartbeat should come back every "
+                    "heartbeat_interval_s: the server may be paused or overloaded, or the network down",
+                    extra={"silent_s": round(silent, 1), "where": self._where, "slot": self._settings.slot_name,
+                           "waiting_for": "data or a keepalive from the walsender"})
+        elif self._silence_warned_at is not None:
+            self._silence_warned_at = None
+            log.info("replication stream resumed after being silent", extra={"where": self._where})
 
     def _send_status(self) -> None:
+        """Keep the position on disk, then report it: what the server is told never runs ahead of the file."""
         self._last_status = time.monotonic()
-        if self._acknowledged and self._stream is not None:
-            self._stream.send_status(self._acknowledged)
+        acknowledged = self._progress.acknowledged
+        if acknowledged and self._stream is not None:
+            if self._positions is not None and self._identity is not None:
+                self._positions.save(self._identity, self._settings.slot_name, acknowledged)
+            self._stream.send_status(acknowledged)
+
+
+def _heartbeat_refused(error: SqlFailed) -> None:
+    if error.sqlstate == "42501":
+        log.warning("heartbeat refused: grant EXECUTE on pg_logical_emit_message or use a REPLICATION role",
+                    extra={"error": str(error)})
+    else:
+        log.warning("heartbeat failed", extra={"error": str(error)})
 
 
 def _is_heartbeat(transaction: Transaction) -> bool:
@@ -364,8 +388,3 @@ def _newest_position(transaction: Transaction) -> SourcePosition:
     if transaction.changes:
         return max(change.position for change in transaction.changes)
     return SourcePosition(transaction.commit_lsn, transaction.commit_lsn)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

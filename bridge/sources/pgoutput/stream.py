@@ -20,14 +20,15 @@ from __future__ import annotations
 import select
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import psycopg
 from psycopg import pq
 from psycopg.conninfo import make_conninfo
 
 from bridge.errors import ConfigurationError, ServiceUnavailable
-from bridge.sources.pgoutput.protocol import lsn_text
+from bridge.sources.pgoutput.protocol import lsn_text, parse_lsn
 
 _XLOG_HEADER = struct.Struct(">QQQ")
 _KEEPALIVE = struct.Struct(">QQB")
@@ -44,13 +45,23 @@ class SlotInUse(ServiceUnavailable):
     """Another connection streams the slot: another bridge, or the walsender of one that just died."""
 
 
+@dataclass(frozen=True, slots=True)
+class SystemIdentity:
+    """IDENTIFY_SYSTEM: which cluster and history the stream comes from, and how far its WAL is flushed."""
+
+    system_id: str  # pg_control's system identifier: differs for every initdb
+    timeline: int  # a new one after a promotion or a point-in-time recovery
+    flushed_lsn: int
+
+
 class ReplicationStream:
     """One logical replication stream: read XLogData payloads, report positions, answer keepalives."""
 
-    def __init__(self, dsn: str, *, where: str, session_options: str, application_name: str) -> None:
+    def __init__(self, dsn: str, *, where: str, session_options: str, application_name: str,
+                 connect_timeout_s: float = 10.0) -> None:
         self._where = where
         conninfo = make_conninfo(dsn, replication="database", options=session_options,
-                                 application_name=application_name)
+                                 application_name=application_name, connect_timeout=connect_timeout(connect_timeout_s))
         self._conn = pq.PGconn.connect(conninfo.encode())
         self._finished = False
         if self._conn.status != pq.ConnStatus.OK:
@@ -68,12 +79,29 @@ class ReplicationStream:
             raise ServiceUnavailable(f"cannot open a replication connection to {where}: {text}")
         self.reported_lsn = 0  # what the server was last told is flushed
         self.keepalives = 0
+        self.last_received = time.monotonic()  # of the last message of any kind: the silence clock
+        # Told each keepalive's WAL end before any reply to it: the caller may then report more as flushed.
+        self.on_keepalive: Callable[[int], None] | None = None
+
+    def identify_system(self) -> SystemIdentity:
+        """IDENTIFY_SYSTEM; before start()."""
+        try:
+            result = self._conn.exec_(b"IDENTIFY_SYSTEM")
+        except psycopg.OperationalError as exc:
+            raise self._broken(str(exc)) from exc
+        if result.status != pq.ExecStatus.TUPLES_OK or result.ntuples != 1:
+            raise ServiceUnavailable(f"IDENTIFY_SYSTEM on {self._where} failed: {_text(result.error_message)}")
+        system_id, timeline, flushed = (result.get_value(0, i) or b"" for i in range(3))
+        return SystemIdentity(system_id.decode(), int(timeline), parse_lsn(flushed.decode()))
 
     def start(self, slot: str, start_lsn: int, options: Mapping[str, str]) -> None:
         plugin_options = ", ".join(f"{_identifier(k)} {_literal(v)}" for k, v in options.items())
         command = f"START_REPLICATION SLOT {_identifier(slot)} LOGICAL {lsn_text(start_lsn)} ({plugin_options})"
-        self._conn.send_query(command.encode())
-        result = self._conn.get_result()
+        try:
+            self._conn.send_query(command.encode())
+            result = self._conn.get_result()
+        except psycopg.OperationalError as exc:
+            raise self._broken(str(exc)) from exc
         if result is not None and result.status == pq.ExecStatus.COPY_BOTH:
             return
         text = _text(result.error_message if result is not None else self._conn.error_message)
@@ -109,14 +137,17 @@ class ReplicationStream:
             if size < 0:
                 raise self._broken(self._end_reason())
             kind = data[0]
+            self.last_received = time.monotonic()
             if kind == 0x77:  # 'w'
                 data_start, _, _ = _XLOG_HEADER.unpack_from(data, 1)
                 return data_start, bytes(data[1 + _XLOG_HEADER.size:])
             if kind == 0x6B:  # 'k'
-                # The keepalive's WAL end is deliberately not used: reporting it could confirm what the
-                # pipeline has not delivered (the psycopg2 behaviour this module replaces).
-                _, _, reply_requested = _KEEPALIVE.unpack_from(data, 1)
+                # The keepalive's WAL end is never reported by itself: that could confirm what the pipeline
+                # has not delivered (the psycopg2 behaviour this module replaces). The caller decides.
+                wal_end, _, reply_requested = _KEEPALIVE.unpack_from(data, 1)
                 self.keepalives += 1
+                if self.on_keepalive is not None:
+                    self.on_keepalive(wal_end)
                 if reply_requested:
                     self.send_status(self.reported_lsn)
                 continue
@@ -125,7 +156,10 @@ class ReplicationStream:
     def wait(self, timeout_s: float) -> None:
         """Block until the server sends something or `timeout_s` passes."""
         if timeout_s > 0:
-            select.select([self._conn.socket], [], [], timeout_s)
+            try:
+                select.select([self._conn.socket], [], [], timeout_s)
+            except (psycopg.OperationalError, OSError, ValueError) as exc:  # the connection is gone
+                raise self._broken(_text(self._conn.error_message) or str(exc)) from exc
 
     def send_status(self, flush_lsn: int) -> None:
         """Tell the server everything up to `flush_lsn` is durably handled (never moves backwards)."""
@@ -136,7 +170,7 @@ class ReplicationStream:
         try:
             self._conn.put_copy_data(message)
             self._conn.flush()
-        except psycopg.OperationalError as exc:
+        except (psycopg.OperationalError, OSError) as exc:
             raise ServiceUnavailable(
                 f"reporting position {lsn_text(lsn)} to {self._where} failed: {_text(self._conn.error_message) or exc}"
             ) from exc
@@ -158,6 +192,11 @@ class ReplicationStream:
 
     def _broken(self, reason: str) -> ServiceUnavailable:
         return ServiceUnavailable(f"the replication stream from {self._where} broke: {reason.strip()}")
+
+
+def connect_timeout(seconds: float) -> str:
+    """libpq's connect_timeout: whole seconds, and at least 2 (libpq raises smaller values to 2)."""
+    return str(max(2, round(seconds)))
 
 
 def _identifier(name: str) -> str:

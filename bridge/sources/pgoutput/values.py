@@ -43,7 +43,7 @@ SESSION_SETTINGS = "-c DateStyle=ISO -c TimeZone=UTC -c bytea_output=hex -c extr
 
 # Every non-built-in type, for enums, domains, arrays of them and string-like extension types.
 USER_TYPES_SQL = """
-SELECT t.oid, n.nspname, t.typname, t.typtype, t.typbasetype, t.typelem, t.typcategory
+SELECT t.oid, n.nspname, t.typname, t.typtype, t.typbasetype, t.typelem, t.typcategory, t.typtypmod
 FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
 WHERE t.oid >= 16384
 """
@@ -60,11 +60,26 @@ class UserType:
     base_oid: int = 0  # a domain's underlying type
     element_oid: int = 0  # an array type's element type
     category: str = ""  # pg_type.typcategory: 'A' array, 'S' string, 'E' enum, ...
+    base_modifier: int = -1  # a domain's type modifier of its base type: numeric(10,2) for `amount`
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> UserType:
-        oid, namespace, name, kind, base_oid, element_oid, category = row
-        return cls(int(oid), namespace, name, str(kind), int(base_oid), int(element_oid), str(category))
+        oid, namespace, name, kind, base_oid, element_oid, category, *modifier = row
+        return cls(int(oid), namespace, name, str(kind), int(base_oid), int(element_oid), str(category),
+                   int(modifier[0]) if modifier and modifier[0] is not None else -1)
+
+
+FIRST_USER_OID = 16384  # PostgreSQL's FirstNormalObjectId: every type created after initdb has an OID above
+
+
+def needs_catalog(type_oid: int, user_types: Mapping[int, UserType]) -> bool:
+    """A type created after initdb (an enum, a domain) that USER_TYPES_SQL has not told the decoder about."""
+    return type_oid >= FIRST_USER_OID and type_oid not in user_types
+
+
+def array_element_oid(type_oid: int) -> int | None:
+    """The element type of a built-in array type, None for anything else."""
+    return _ARRAYS.get(type_oid)
 
 
 @dataclass(frozen=True, slots=True)
