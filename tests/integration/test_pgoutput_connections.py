@@ -14,37 +14,21 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import psycopg
 import pytest
 
 from bridge.errors import ServiceUnavailable
 from bridge.ports import SourceUnit
-from bridge.settings import PgOutputSource
 from bridge.sources.pgoutput.source import PgOutputChangeSource
 from legacy_db.simulate import run_simulation
-
-TABLES = ("customers", "customer_addresses", "menu_items", "orders", "order_items")
-
+from tests.support.pgoutput_source import TABLES, drop_slot, receive_and_acknowledge, source_settings
 
 @pytest.fixture
 def slot(legacy_db_any: str) -> Iterator[str]:
     name = f"pgc_{uuid.uuid4().hex[:8]}"
     yield name
-    with psycopg.connect(legacy_db_any, autocommit=True) as conn:
-        deadline = time.monotonic() + 10
-        while conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s AND active",
-                           (name,)).fetchone() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
-                     (name,))
-
-
-def settings(dsn: str, slot: str, **overrides: Any) -> PgOutputSource:
-    values: dict[str, Any] = {"dsn": dsn, "slot_name": slot, "publication_name": slot,
-                              "heartbeat_interval_s": 3600.0, "status_interval_s": 0.2}
-    return PgOutputSource(**(values | overrides))
+    drop_slot(legacy_db_any, name)
 
 
 def backend_pid(dsn: str, application_name: str) -> int:
@@ -81,7 +65,7 @@ def poll_for(source: PgOutputChangeSource, seconds: float) -> list[SourceUnit]:
 def test_a_killed_sql_connection_is_noticed_at_once_and_reopened(legacy_db_any: str, slot: str,
                                                                   caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="bridge")
-    source = PgOutputChangeSource(settings(legacy_db_any, slot), TABLES)
+    source = PgOutputChangeSource(source_settings(legacy_db_any, slot), TABLES)
     try:
         killed = backend_pid(legacy_db_any, "cdc-bridge")
         terminate(legacy_db_any, killed)
@@ -103,7 +87,7 @@ def test_a_killed_sql_connection_is_noticed_at_once_and_reopened(legacy_db_any: 
 def test_a_paused_walsender_gets_a_warning_saying_how_long_nothing_came(legacy_db_any: str, slot: str,
                                                                          caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="bridge")
-    source = PgOutputChangeSource(settings(legacy_db_any, slot, heartbeat_interval_s=0.3, silence_warning_s=1.5),
+    source = PgOutputChangeSource(source_settings(legacy_db_any, slot, heartbeat_interval_s=0.3, silence_warning_s=1.5),
                                   TABLES)
     walsender = backend_pid(legacy_db_any, "cdc-bridge-stream")
     try:
@@ -128,19 +112,11 @@ def test_a_paused_walsender_gets_a_warning_saying_how_long_nothing_came(legacy_d
 
 def test_a_killed_walsender_is_service_unavailable_and_a_new_source_resumes_without_loss(legacy_db_any: str,
                                                                                        slot: str) -> None:
-    config = settings(legacy_db_any, slot)
+    config = source_settings(legacy_db_any, slot)
     source = PgOutputChangeSource(config, TABLES)
     try:
         report = run_simulation(legacy_db_any, seed=23, count=40, durable_commits=True)
-        received: list[SourceUnit] = []
-        deadline = time.monotonic() + 30
-        while len(received) < 15:
-            assert time.monotonic() < deadline
-            received.extend(u for u in source.poll(0.3) if not u.heartbeat)
-        for unit in received[:15]:
-            source.done(unit)
-        assert source.commit() is not None
-        time.sleep(0.5)  # the status update reaches the server
+        receive_and_acknowledge(source, 15, acknowledge=15)
         terminate(legacy_db_any, backend_pid(legacy_db_any, "cdc-bridge-stream"))
         began = time.monotonic()
         with pytest.raises(ServiceUnavailable) as caught:

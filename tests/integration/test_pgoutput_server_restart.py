@@ -20,15 +20,14 @@ import psycopg
 import pytest
 
 from bridge.errors import ServiceUnavailable
-from bridge.settings import PgOutputSource
 from bridge.sources.pgoutput.protocol import parse_lsn
 from bridge.sources.pgoutput.source import PgOutputChangeSource
 from legacy_db.simulate import run_simulation
 from tests.support.databases import create_legacy_database
 from tests.support.direct_bridge import confirmed_flush, direct_settings, log_records, run_until_caught_up
+from tests.support.pgoutput_source import TABLES, receive_and_acknowledge, source_settings
 from tests.support.private_postgres import PrivatePostgres, private_postgres
 
-TABLES = ("customers", "customer_addresses", "menu_items", "orders", "order_items")
 
 
 @pytest.fixture(scope="module")
@@ -149,12 +148,6 @@ def test_a_replay_after_the_slot_moved_back_translates_exactly_as_the_first_time
 # --- the stream when the server goes away ---------------------------------------------------------------
 
 
-def source_settings(dsn: str, slot: str, **overrides: Any) -> PgOutputSource:
-    values: dict[str, Any] = {"dsn": dsn, "slot_name": slot, "publication_name": slot,
-                              "heartbeat_interval_s": 3600.0, "status_interval_s": 0.2}
-    return PgOutputSource(**(values | overrides))
-
-
 def poll_until_broken(source: PgOutputChangeSource, timeout_s: float = 60) -> ServiceUnavailable:
     """Poll as the pipeline does (what arrives is not acknowledged here) until the source gives up."""
     deadline = time.monotonic() + timeout_s
@@ -195,15 +188,7 @@ def test_a_server_restart_is_service_unavailable_and_a_new_source_resumes_withou
     source = PgOutputChangeSource(settings, TABLES)
     try:
         report = run_simulation(legacy_dsn, seed=17, count=60, durable_commits=True)
-        received = []
-        deadline = time.monotonic() + 30
-        while len(received) < 20:
-            assert time.monotonic() < deadline
-            received.extend(u for u in source.poll(0.3) if not u.heartbeat)
-        for unit in received[:20]:
-            source.done(unit)
-        assert source.commit() is not None
-        time.sleep(0.5)  # the status update reaches the server
+        receive_and_acknowledge(source, 20, acknowledge=20)
         # PostgreSQL's shutdown waits for its walsenders' clients to confirm all they were sent, which a
         # bridge with transactions in flight cannot: the source must notice and let go of the stream.
         stopping = InBackground(lambda: server.stop(mode))

@@ -12,7 +12,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
 
 import psycopg
 import pytest
@@ -20,13 +19,12 @@ import pytest
 from bridge.changes import Op
 from bridge.errors import ConfigurationError, ServiceUnavailable
 from bridge.ports import SourceUnit
-from bridge.settings import PgOutputSource
 from bridge.sources.pgoutput.source import HEARTBEAT_PREFIX, PgOutputChangeSource
 from bridge.sources.pgoutput.protocol import parse_lsn
 from legacy_db.simulate import run_simulation
 from tests.conftest import LegacyServer
+from tests.support.pgoutput_source import TABLES, drop_slot, source_settings
 
-TABLES = ("customers", "customer_addresses", "menu_items", "orders", "order_items")
 
 
 @pytest.fixture
@@ -34,19 +32,10 @@ def names(legacy_db_any: str) -> Iterator[str]:
     """A slot and publication name for this test; the slot is dropped afterwards."""
     name = f"pgs_{uuid.uuid4().hex[:8]}"
     yield name
-    with psycopg.connect(legacy_db_any, autocommit=True) as conn:
-        deadline = time.monotonic() + 10
-        while conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s AND active",
-                           (name,)).fetchone() and time.monotonic() < deadline:
-            time.sleep(0.1)  # a just-closed stream's walsender may still hold it for a moment
-        conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
-                     (name,))
+    drop_slot(legacy_db_any, name)
 
 
-def settings(dsn: str, name: str, **overrides: Any) -> PgOutputSource:
-    values: dict[str, Any] = {"dsn": dsn, "slot_name": name, "publication_name": name,
-                              "heartbeat_interval_s": 3600.0, "status_interval_s": 0.2}
-    return PgOutputSource(**(values | overrides))
+settings = source_settings
 
 
 def is_heartbeat(unit: SourceUnit) -> bool:

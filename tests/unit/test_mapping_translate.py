@@ -58,6 +58,9 @@ def run(m: CompiledMappings, *changes: RowChange, prior: InMemoryPriorRows | Non
     return translate(tx(*changes), m, source_id="test", prior_rows=prior)
 
 
+TOUCHED = """\
+    - {id: items.touched, table: items, ops: [u], when: "changed == {'updated_on'}", ignore: true}
+"""  # indented like the rules it is prepended to
 CREATED = """\
 - id: items.created
   table: items
@@ -140,8 +143,7 @@ def test_using_an_unknown_value_is_a_translation_error_naming_rule_field_and_col
 
 
 def test_ignore_rules_are_tried_first_and_count_as_ignored(tmp_path: Path) -> None:
-    m = mappings(tmp_path, """\
-    - {id: items.touched, table: items, ops: [u], when: "changed == {'updated_on'}", ignore: true}
+    m = mappings(tmp_path, TOUCHED + """\
     - id: items.changed
       table: items
       ops: [u]
@@ -366,8 +368,7 @@ def test_the_in_memory_prior_rows_keep_known_values_and_forget_deleted_rows() ->
 
 def test_a_stopped_rule_dead_letters_every_change_it_is_registered_for_and_the_others_translate(
         tmp_path: Path) -> None:
-    m = mappings(tmp_path, """\
-    - {id: items.touched, table: items, ops: [u], when: "changed == {'updated_on'}", ignore: true}
+    m = mappings(tmp_path, TOUCHED + """\
     - id: items.priced
       table: items
       ops: [c, u]
@@ -393,8 +394,7 @@ def test_a_stopped_rule_dead_letters_every_change_it_is_registered_for_and_the_o
 
 
 def test_each_rule_knows_the_columns_it_reads(tmp_path: Path) -> None:
-    m = mappings(tmp_path, """\
-    - {id: items.touched, table: items, ops: [u], when: "changed == {'updated_on'}", ignore: true}
+    m = mappings(tmp_path, TOUCHED + """\
     - id: items.priced
       table: items
       ops: [u]
