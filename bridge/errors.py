@@ -5,7 +5,8 @@
     │   └── MappingError           a mapping file is wrong; names file, line, rule and field
     ├── ChangeError                one change cannot be handled; the pipeline dead-letters it or stops (policy)
     │   ├── DecodeError            a malformed or undecodable change event (names topic, offset, column)
-    │   └── TranslationError       a mapping rule failed on a change (names rule and field)
+    │   ├── TranslationError       a mapping rule failed on a change (names rule and field)
+    │   └── RecordTooLarge         an event or dead letter exceeds the sink's per-record maximum
     ├── DeliveryError              an event could not be published (after the producer's own retries)
     └── ServiceUnavailable         a database or broker cannot be reached: retrying may help
 
@@ -57,3 +58,15 @@ class ServiceUnavailable(BridgeError):
 
     retryable = True
     exit_code = 3
+
+
+class RecordTooLarge(ChangeError):
+    """An event or dead letter is larger than the sink takes; the pipeline dead-letters it, bounded.
+
+    Raised by nothing: a sink reports it through the delivery callback, before anything is sent, so
+    the pipeline can replace that one record and go on.
+    """
+
+    def __init__(self, size: int, limit: int, where: str) -> None:
+        super().__init__(f"{size} bytes, more than the {limit} bytes {where} takes")
+        self.size, self.limit, self.where = size, limit, where
