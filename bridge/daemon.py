@@ -65,12 +65,7 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 def _open_sink(settings: Settings, mappings: Any) -> EventSink:
     if settings.sink.kind == "locallog":
         return LocalLogEventSink.from_settings(settings.sink)
-    sink = KafkaEventSink(settings.sink)
-    if settings.sink.create_topics:
-        if created := sink.ensure_topics(mappings.aggregates()):
-            log.info("created topics", extra={"topics": created})
-        sink.warm_up(mappings.aggregates())
-    return sink
+    return KafkaEventSink.open(settings.sink, mappings.aggregates())
 
 
 def _open_source(settings: Settings, mappings: Any) -> tuple[ChangeSource, dict[str, Any]]:

@@ -83,6 +83,10 @@ class KafkaSink(_Section):
     linger_ms: int = 5
     compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] | None = None
     delivery_timeout_s: float = Field(120.0, gt=0)
+    max_message_bytes: int = Field(
+        1024 * 1024, ge=16 * 1024,
+        description="the largest record sent (the smaller of this and the topics' max.message.bytes counts); a "
+                    "larger event or dead letter becomes a bounded dead letter")
 
     def topic_for(self, namespace: str, aggregate_type: str) -> str:
         return self.topics.get(aggregate_type) or self.topic_template.format(

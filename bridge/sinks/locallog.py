@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import threading
@@ -36,8 +35,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
-from bridge.errors import BridgeError, DeliveryError
+from bridge.errors import BridgeError, DeliveryError, RecordTooLarge
 from bridge.eventlog import (
+    MAX_BODY,
     DEAD_LETTERS,
     EVENTS,
     KIND_DEAD_LETTER,
@@ -59,10 +59,14 @@ from bridge.eventlog import (
 )
 from bridge.events import DomainEvent
 from bridge.ports import DeliveryCallback
+from bridge.sinks.dead_letters import encode_dead_letter
 
 log = logging.getLogger("bridge.locallog")
 
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+# The largest headers + key + value of one record; a larger one is reported as RecordTooLarge (the
+# pipeline dead-letters it, bounded) rather than failing the log. The rest of a body is a few hundred bytes.
+MAX_RECORD_BYTES = MAX_BODY - 4096
 
 
 class Unencodable(Exception):
@@ -130,12 +134,14 @@ class LocalLogEventSink:
     def publish(self, event: DomainEvent, on_delivery: DeliveryCallback) -> None:
         def encode() -> bytes:
             meta = encode_meta(event.headers(), event.key(), event.aggregate_type, event.rule_id)
-            return encode_record(KIND_EVENT, event.id, event.sequence, meta, event.value())
+            value = event.value()
+            self._check_size(len(meta) + len(value))
+            return encode_record(KIND_EVENT, event.id, event.sequence, meta, value)
 
         self._append(self._events, event.id, event.sequence, encode, on_delivery)
 
     def publish_dead_letter(self, record: dict[str, Any], key: bytes | None, on_delivery: DeliveryCallback) -> None:
-        value = json.dumps(record, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+        value = encode_dead_letter(record)
         # A replayed change yields the same dead letter: its content names it, so it is kept once too,
         # and the change's position orders it like an event's sequence (see dead_letter_sequence).
         named = b"%d:" % len(key) + key if key is not None else b"-:"
@@ -145,10 +151,15 @@ class LocalLogEventSink:
         def encode() -> bytes:
             meta = encode_meta([("content-type", b"application/json")], key, None,
                                rule if isinstance(rule, str) else None)
+            self._check_size(len(meta) + len(value))
             return encode_record(KIND_DEAD_LETTER, letter_id, sequence, meta, value)
 
         sequence = dead_letter_sequence(record)
         self._append(self._dead_letters, letter_id, sequence, encode, on_delivery)
+
+    def _check_size(self, size: int) -> None:
+        if size > MAX_RECORD_BYTES:
+            raise RecordTooLarge(size, MAX_RECORD_BYTES, f"the event log at {self.directory}")
 
     def _append(self, segment_log: SegmentLog, record_id: str, sequence: str | None, encode: Callable[[], bytes],
                 on_delivery: DeliveryCallback) -> None:
@@ -163,7 +174,8 @@ class LocalLogEventSink:
                 try:
                     segment_log.append(key, sequence, encode)
                 except Unencodable as exc:  # this record only; nothing was appended
-                    failure = DeliveryError(f"record {record_id} cannot go into the event log: {exc}")
+                    failure = (exc.__cause__ if isinstance(exc.__cause__, RecordTooLarge) else
+                               DeliveryError(f"record {record_id} cannot go into the event log: {exc}"))
                 except (OSError, CorruptLogError) as exc:  # reading a sealed segment's ids back failed
                     failure = self._failure = DeliveryError(f"event log at {self.directory}: {exc}")
                 else:

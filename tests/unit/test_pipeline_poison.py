@@ -4,6 +4,7 @@ rows completes, translated without them, their dead letters part of its unit."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from decimal import Decimal
@@ -176,3 +177,27 @@ def test_undecodable_rows_under_policy_stop_stop_at_their_transaction(tmp_path: 
     pipeline.on_error_override = "stop"
     with pytest.raises(PipelineStopped, match="bad row. Policy is 'stop'.*xid 100"):
         pipeline.run(threading.Event())
+
+
+def test_the_local_log_dead_letters_an_event_over_its_per_record_maximum(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import bridge.sinks.locallog as locallog
+    from bridge.sinks.locallog_reader import EventLogReader
+
+    monkeypatch.setattr(locallog, "MAX_RECORD_BYTES", 20_000)  # 64 MiB in earnest: too slow to fill in a test
+    sink = locallog.LocalLogEventSink(tmp_path / "log", fsync_interval_ms=1)
+    units = [_unit(1, Decimal("1.00"), 100, note="n" * 30_000), _unit(2, Decimal("1.50"), 200)]
+    pipeline, source = _pipeline(tmp_path, units, sink)
+    stop = threading.Event()
+    threading.Timer(3, stop.set).start()
+    try:
+        pipeline.run(stop)
+    finally:
+        sink.close()
+    assert {u.handle for u in source.done_units} == {1, 2}
+    events = list(EventLogReader(tmp_path / "log").read())
+    assert [json.loads(e.value)["id"] for e in events] == [1, 2, 2]
+    [letter] = list(EventLogReader(tmp_path / "log", log="dead-letters").read())
+    record = json.loads(letter.value)
+    assert record["kind"] == "too_large" and record["limit"] == 20_000 and "the event log at" in record["error"]
+    assert record["change"]["key"] == {"id": 1} and len(letter.value) < 8000
