@@ -198,7 +198,9 @@ class Pipeline:
         assert unit.error is not None
         if (self.on_error_override or "dead_letter") == "stop":
             raise PipelineStopped(f"{unit.error}. Policy is 'stop': nothing after this record was acknowledged.")
-        log.warning("undecodable change dead-lettered", extra={"error": str(unit.error), **_where(unit.raw)})
+        kind = getattr(unit.error, "dead_letter_kind", "undecodable")
+        log.warning(f"{kind.replace('_', ' ')} change dead-lettered", extra={"error": str(unit.error),
+                                                                            **_where(unit.raw)})
         record, key = dead_letter_for_record(unit.raw, unit.error, self.source_id)
         unit_id = self._track(unit, 1)
         self.stats.dead_letters += 1

@@ -45,6 +45,10 @@ class DebeziumSource(_Section):
     transaction_wait_s: float = Field(
         60.0, gt=0, description="how long transactions may wait with none completing before the bridge stops")
     poll_max_records: int = Field(2000, gt=0)
+    skip_transactions: list[int] = Field(
+        default_factory=list,
+        description="xids of transactions to move past without translating them (their rows are dead-lettered): "
+                    "for transactions a stall message names whose missing rows will never come")
 
 
     def resolved_transaction_topic(self) -> str:

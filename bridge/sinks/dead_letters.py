@@ -100,9 +100,11 @@ def dead_letter_for_change(letter: Any, source_id: str) -> tuple[dict[str, Any],
 
 def dead_letter_for_record(raw: Mapping[str, Any], error: Exception, source_id: str, *,
                            transaction: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], bytes | None]:
-    """A record that could not be decoded: its fields as text, each cut to a bounded prefix (see
-    `bounded_raw`). `transaction`: the transaction it belonged to, when it was dead-lettered as part of it."""
-    record: dict[str, Any] = {"kind": "undecodable", "source_id": source_id, "error": _clip(str(error)),
+    """A record that could not be decoded (or was skipped: the error's `dead_letter_kind`): its fields as
+    text, each cut to a bounded prefix (see `bounded_raw`). `transaction`: the transaction it belonged
+    to, when it was dead-lettered as part of it."""
+    kind = getattr(error, "dead_letter_kind", "undecodable")
+    record: dict[str, Any] = {"kind": kind, "source_id": source_id, "error": _clip(str(error)),
                               "record": bounded_raw(raw)}
     if transaction is not None:
         record["transaction"] = dict(transaction)
