@@ -5,7 +5,6 @@ as large as themselves. Each must be a DecodeError that names where it is, so it
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 
@@ -87,7 +86,7 @@ def test_an_integer_outside_its_declared_sql_type_is_refused_in_schemaless_mode(
     error = failure(mutated(record, lambda d: d["after"].update({column: bad})), record.key, declared=DECLARED)
     message = str(error)
     assert error.column == column and declared in message and "out of range" in message, message
-    assert f"offset" in message and "legacy.fx_default" in message
+    assert "offset" in message and "legacy.fx_default" in message
 
 
 def test_an_integer_array_element_outside_its_type_is_refused() -> None:
@@ -114,10 +113,6 @@ def test_errors_about_huge_fields_stay_short() -> None:
 def test_a_top_level_array_nested_deep_is_refused_too() -> None:
     with pytest.raises(DecodeError):
         decode_record(TOPIC, 0, 1, None, ("[" * 5000 + "]" * 5000).encode(), [], options=DecodeOptions())
-
-
-def _any(value: Any) -> Any:
-    return value
 
 
 @pytest.mark.parametrize("type_name", ["json", "jsonb"])
