@@ -19,6 +19,7 @@ from typing import Any
 from bridge.errors import MappingError
 from bridge.mapping.loader import load_mappings
 from bridge.pipeline import Pipeline, PipelineStats
+from bridge.preflight import enforce_at_start
 from bridge.ports import ChangeSource, EventSink
 from bridge.settings import Settings
 from bridge.sinks.kafka import KafkaEventSink
@@ -93,6 +94,7 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None,
     while it runs, for a caller that shows progress from another thread."""
     stop = stop or threading.Event()
     mappings = preflight(settings)
+    enforce_at_start(settings, mappings, log)  # bridge/preflight.py: the checks of `cdc-bridge check`
     with ExitStack() as resources:
         store = None
         if settings.state.path is not None and (needing := mappings.needs_before()):
