@@ -58,7 +58,7 @@ class Pipeline:
     def __init__(self, source: ChangeSource, sink: EventSink, mappings: Any, *, source_id: str,
                  prior_rows: PriorRowStore | None, max_in_flight_events: int = 20000,
                  commit_interval_s: float = 1.0, on_error: str | None = None,
-                 stats: PipelineStats | None = None) -> None:
+                 stats: PipelineStats | None = None, metrics: Any | None = None) -> None:
         self.source = source
         self.sink = sink
         self.mappings = mappings
@@ -68,6 +68,7 @@ class Pipeline:
         self.commit_interval_s = commit_interval_s
         self.on_error_override = on_error
         self.stats = PipelineStats() if stats is None else stats  # given: a caller watches it from another thread
+        self.metrics = metrics  # bridge/metrics.py's PipelineMetrics, or None: told per transaction and loop turn
         self._completions: queue.SimpleQueue[tuple[int, Exception | None]] = queue.SimpleQueue()
         self._waiting: dict[int, list[Any]] = {}  # unit id -> [unit, deliveries outstanding]
         self._in_flight = 0
@@ -86,6 +87,8 @@ class Pipeline:
                 self._collect(block=False)
                 while self._in_flight >= self.max_in_flight:
                     self._collect(block=True, timeout_s=1.0)
+                    if self.metrics is not None:
+                        self.metrics.turn(time.monotonic(), self._in_flight)
                 units = self.source.poll(0.2)
                 for unit in units:
                     self._handle(unit)
@@ -96,6 +99,8 @@ class Pipeline:
                     self.stats.last_activity = now
                 if working or self._in_flight or self.source.pending():
                     last_activity = now
+                if self.metrics is not None:
+                    self.metrics.turn(now, self._in_flight)
                 if now - last_commit >= self.commit_interval_s:
                     self._checkpoint()
                     last_commit = now
@@ -124,6 +129,8 @@ class Pipeline:
         self.stats.changes += len(transaction.changes)
         self.stats.unmatched.update(result.unmatched)
         self.stats.ignored.update(result.ignored)
+        if self.metrics is not None:
+            self.metrics.transaction(transaction, result, unit.heartbeat)
         letters = []
         for letter in result.dead_letters:
             if self._policy(letter) == "stop":
@@ -158,6 +165,8 @@ class Pipeline:
         if (self.on_error_override or "dead_letter") == "stop":
             raise PipelineStopped(f"{unit.error}. Policy is 'stop': nothing after this record was acknowledged.")
         log.warning("undecodable change dead-lettered", extra={"error": str(unit.error), **unit.raw})
+        if self.metrics is not None:
+            self.metrics.undecodable()
         record, key = dead_letter_for_record(unit.raw, unit.error, self.source_id)
         unit_id = self._track(unit, 1)
         self.sink.publish_dead_letter(record, key, self._callback(unit_id))
@@ -193,6 +202,8 @@ class Pipeline:
             if entry[1] == 0:
                 del self._waiting[unit_id]
                 self.source.done(entry[0])
+                if self.metrics is not None:
+                    self.metrics.published(entry[0])
                 self.stats.last_activity = time.monotonic()
 
     def _checkpoint(self) -> None:
