@@ -129,13 +129,16 @@ def status(state: Path) -> dict:
 
 
 def env_lines(stack: dict) -> list[str]:
+    """Exports for the commands that read them: `cdc-bridge legacy migrate|simulate` (the DSN) and `cdc-bridge
+    run|check` with deploy/bridge.yaml's Debezium source and Kafka sink (the broker)."""
     lines = []
     if "postgres" in stack:
         lines.append(f"export BRIDGE_PG_DSN={stack['postgres']['dsn']}")
     if "kafka" in stack:
-        lines.append(f"export BRIDGE_KAFKA_BOOTSTRAP={stack['kafka']['bootstrap_servers']}")
+        lines.append(f"export BRIDGE_SOURCE__BOOTSTRAP_SERVERS={stack['kafka']['bootstrap_servers']}")
+        lines.append(f"export BRIDGE_SINK__BOOTSTRAP_SERVERS={stack['kafka']['bootstrap_servers']}")
     if "connect" in stack:
-        lines.append(f"export BRIDGE_CONNECT_URL={stack['connect']['url']}")
+        lines.append(f"# Kafka Connect: {stack['connect']['url']} (`stack.py connector add|remove` finds it itself)")
     return lines
 
 

@@ -36,7 +36,7 @@ def connector() -> dict:
 
 def test_compose_runs_the_same_stack_as_the_local_scripts(compose: dict) -> None:
     services = compose["services"]
-    assert set(services) == {"postgres", "kafka", "connect", "bridge"}
+    assert set(services) == {"postgres", "kafka", "connect", "legacy-app", "bridge"}
     assert "wal_level=logical" in services["postgres"]["command"]
     assert services["kafka"]["image"].endswith(":" + _pom_version("kafka.pom.xml", "kafka.version"))
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, no ZooKeeper
