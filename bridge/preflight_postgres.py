@@ -121,8 +121,10 @@ def _check_server(report: Report, conn: psycopg.Connection[Any], source: Any, se
                                                  "may find none while the old connection closes; raise max_wal_senders")
     else:
         report.ok("source", "max_wal_senders", f"{free} of {max_senders} free; replication slots {slots} of {max_slots}")
-    emit = conn.execute("SELECT has_function_privilege('pg_logical_emit_message(boolean,text,text)', "
-                        "'EXECUTE')").fetchone()
+    # By name: PostgreSQL 17 added a fourth argument (flush), so a signature would not resolve everywhere.
+    emit = conn.execute("SELECT coalesce(bool_or(has_function_privilege(oid, 'EXECUTE')), false) FROM pg_proc "
+                        "WHERE proname = 'pg_logical_emit_message' AND pronamespace = 'pg_catalog'::regnamespace"
+                        ).fetchone()
     if not (emit and emit[0]):
         report.warn("source", "heartbeats", f"role {user} may not run pg_logical_emit_message, so a quiet database's "
                                             "slot cannot advance and keeps WAL: GRANT EXECUTE ON FUNCTION "

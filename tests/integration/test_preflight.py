@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +50,7 @@ def of(findings: list[dict[str, Any]], level: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def names(fresh_legacy_db: str) -> Iterator[str]:
+def names() -> str:
     """A slot and publication name of this test; the database (and so its slots) is dropped afterwards."""
     return f"chk_{uuid.uuid4().hex[:8]}"
 
@@ -64,7 +63,8 @@ def direct_config(tmp_path: Path, dsn: str, name: str, **source: Any) -> Path:
 
 
 def test_a_ready_database_with_existing_rows_warns_that_the_store_has_not_seen_them(
-        tmp_path: Path, fresh_legacy_db: str, names: str) -> None:
+        tmp_path: Path, legacy_db_any: str, names: str) -> None:
+    fresh_legacy_db = legacy_db_any  # PostgreSQL 15 and 18 ([pg15], [pg18])
     config = direct_config(tmp_path, fresh_legacy_db, names)
     code, findings = check(config)
     assert code == 0, of(findings, "warning") | of(findings, "error")  # empty tables: nothing to miss
