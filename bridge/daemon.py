@@ -19,6 +19,7 @@ from typing import Any
 from bridge.errors import MappingError
 from bridge.mapping.loader import load_mappings
 from bridge.pipeline import Pipeline, PipelineStats
+from bridge.preflight import enforce_at_start
 from bridge.ports import ChangeSource, EventSink
 from bridge.settings import Settings
 from bridge.sinks.kafka import KafkaEventSink
@@ -82,13 +83,37 @@ def _open_source(settings: Settings, mappings: Any) -> tuple[ChangeSource, dict[
     return debezium, {"source": "debezium", "topics": debezium.topics}
 
 
+def _serve_metrics(settings: Settings, resources: ExitStack) -> bool:
+    """/metrics, /healthz and /readyz when metrics.port is set; closed with the daemon's other resources."""
+    if settings.metrics.port is None:
+        return False
+    from bridge.metrics import MetricsServer
+
+    server = MetricsServer(settings.metrics.host, settings.metrics.port, stall_after_s=settings.metrics.stall_after_s)
+    resources.callback(server.close)
+    host, port = server.address
+    log.info("serving metrics", extra={"url": f"http://{host}:{port}/metrics"})
+    return True
+
+
+def _metrics_hook(settings: Settings, source: ChangeSource, stats: PipelineStats, resources: ExitStack) -> Any:
+    from bridge.metrics import PipelineMetrics, set_source_connected
+
+    hook = PipelineMetrics(source, stats, lag_interval_s=settings.metrics.lag_interval_s)
+    set_source_connected(True)
+    resources.callback(hook.flush)  # the counts of the last second, before the process ends
+    return hook
+
+
 def run_daemon(settings: Settings, *, stop: threading.Event | None = None,
                idle_exit_s: float | None = None, stats: PipelineStats | None = None) -> PipelineStats:
     """Run until `stop` is set (or SIGTERM/SIGINT in the main thread); `stats`, if given, is kept up to date
     while it runs, for a caller that shows progress from another thread."""
     stop = stop or threading.Event()
     mappings = preflight(settings)
+    enforce_at_start(settings, mappings, log)  # bridge/preflight.py: the checks of `cdc-bridge check`
     with ExitStack() as resources:
+        serving = _serve_metrics(settings, resources)  # first: /healthz answers while the rest opens
         store = None
         if settings.state.path is not None and (needing := mappings.needs_before()):
             store = PriorRowStore(settings.state.path, tables=needing.keys())
@@ -97,10 +122,12 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None,
         resources.callback(sink.close)
         source, reading = _open_source(settings, mappings)
         resources.callback(source.close)
+        stats = stats if stats is not None else PipelineStats()
+        hook = _metrics_hook(settings, source, stats, resources) if serving else None
         pipeline = Pipeline(source, sink, mappings, source_id=settings.source_id, prior_rows=store,
                             max_in_flight_events=settings.pipeline.max_in_flight_events,
                             commit_interval_s=settings.pipeline.commit_interval_s,
-                            on_error=settings.pipeline.on_error, stats=stats)
+                            on_error=settings.pipeline.on_error, stats=stats, metrics=hook)
         log.info("started", extra={"source_id": settings.source_id, **reading, "rules": mappings.rule_count()})
         started = time.monotonic()
         with _stop_on_signals(stop):

@@ -80,7 +80,7 @@ class Pipeline:
     def __init__(self, source: ChangeSource, sink: EventSink, mappings: Any, *, source_id: str,
                  prior_rows: PriorRowStore | None, max_in_flight_events: int = 20000,
                  commit_interval_s: float = 1.0, on_error: str | None = None,
-                 stats: PipelineStats | None = None) -> None:
+                 stats: PipelineStats | None = None, metrics: Any | None = None) -> None:
         self.source = source
         self.sink = sink
         self.mappings = mappings
@@ -90,6 +90,7 @@ class Pipeline:
         self.commit_interval_s = commit_interval_s
         self.on_error_override = on_error
         self.stats = PipelineStats() if stats is None else stats  # given: a caller watches it from another thread
+        self.metrics = metrics  # bridge/metrics.py's PipelineMetrics, or None: told per transaction and loop turn
         self._completions: queue.SimpleQueue[tuple[int, Exception | None]] = queue.SimpleQueue()
         self._waiting: dict[int, list[Any]] = {}  # unit id -> [unit, deliveries outstanding]
         self._in_flight = 0
@@ -108,6 +109,8 @@ class Pipeline:
                 self._collect(block=False)
                 while self._in_flight >= self.max_in_flight:
                     self._collect(block=True, timeout_s=1.0)
+                    if self.metrics is not None:
+                        self.metrics.turn(time.monotonic(), self._in_flight)
                 units = self.source.poll(0.2)
                 for unit in units:
                     self._handle(unit)
@@ -118,6 +121,8 @@ class Pipeline:
                     self.stats.last_activity = now
                 if working or self._in_flight or self.source.pending():
                     last_activity = now
+                if self.metrics is not None:
+                    self.metrics.turn(now, self._in_flight)
                 if now - last_commit >= self.commit_interval_s:
                     self._checkpoint()
                     last_commit = now
@@ -146,6 +151,8 @@ class Pipeline:
         self.stats.changes += len(transaction.changes)
         self.stats.unmatched.update(result.unmatched)
         self.stats.ignored.update(result.ignored)
+        if self.metrics is not None:
+            self.metrics.transaction(transaction, result, unit.heartbeat)
         letters = []
         for letter in result.dead_letters:
             if self._policy(letter) == "stop":
@@ -187,6 +194,8 @@ class Pipeline:
             raise PipelineStopped(f"{first.error}. Policy is 'stop': nothing from transaction xid {transaction.xid} "
                                   "on was acknowledged.")
         context = {"xid": transaction.xid, "commit_lsn": transaction.commit_lsn, "incomplete": True}
+        if self.metrics is not None:
+            self.metrics.undecodable(len(unit.dead_lettered))
         log.warning("transaction incomplete: undecodable rows dead-lettered, the rest translated", extra={
             "xid": transaction.xid, "dead_lettered": [row.where for row in unit.dead_lettered],
             "error": str(first.error)})
@@ -201,6 +210,8 @@ class Pipeline:
         kind = getattr(unit.error, "dead_letter_kind", "undecodable")
         log.warning(f"{kind.replace('_', ' ')} change dead-lettered", extra={"error": str(unit.error),
                                                                             **_where(unit.raw)})
+        if self.metrics is not None:
+            self.metrics.undecodable()
         record, key = dead_letter_for_record(unit.raw, unit.error, self.source_id)
         unit_id = self._track(unit, 1)
         self.stats.dead_letters += 1
@@ -224,6 +235,8 @@ class Pipeline:
                 "table": change.qualified_table if change else None, "position": str(subject.position),
                 "size": too_large.size, "limit": too_large.limit})
             record, key = dead_letter_for_oversized_event(subject, change, too_large, self.source_id)
+            if self.metrics is not None:
+                self.metrics.too_large(subject.rule_id)
             self.stats.events -= 1
             self.stats.dead_letters += 1
         elif not subject.bounded:
@@ -283,6 +296,8 @@ class Pipeline:
             if entry[1] == 0:
                 del self._waiting[unit_id]
                 self.source.done(entry[0])
+                if self.metrics is not None:
+                    self.metrics.published(entry[0])
                 self.stats.last_activity = time.monotonic()
 
     def _checkpoint(self) -> None:

@@ -133,6 +133,17 @@ class PipelineSettings(_Section):
     on_error: Literal["dead_letter", "stop"] | None = Field(None, description="overrides every mapping's policy")
 
 
+class MetricsSettings(_Section):
+    """Prometheus metrics, /healthz and /readyz on one HTTP port (bridge/metrics.py)."""
+
+    port: int | None = Field(None, ge=0, le=65535, description="null: off; 0: any free port (logged at start)")
+    host: str = Field("127.0.0.1", description="the address to listen on; 0.0.0.0 exposes it beyond this host")
+    stall_after_s: float = Field(
+        60.0, gt=0, description="/healthz fails when the loop has not turned this long, /readyz when work waits "
+                                "without progress this long")
+    lag_interval_s: float = Field(5.0, gt=0, description="how often the slot or consumer lag is measured")
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
@@ -149,6 +160,7 @@ class Settings(BaseSettings):
     sink: SinkSettings = Field(default_factory=KafkaSink)
     state: StateSettings = Field(default_factory=StateSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @field_validator("source_id")

@@ -200,6 +200,16 @@ class DebeziumKafkaSource:
                 self._last_safe = max(c.position for c in changes)
         return self._last_safe
 
+    def consumer_lag(self) -> dict[str, int]:
+        """Per topic, records beyond this consumer's position (from the last fetch's high watermarks: no
+        request to the broker). For the lag metric."""
+        lag: dict[str, int] = {}
+        for tp in self._owned:
+            high = self._consumer.highwater(tp)
+            if high is not None:
+                lag[tp.topic] = lag.get(tp.topic, 0) + max(0, high - self._consumer.position(tp))
+        return lag
+
     def partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         """Keep reading as before unless a partition went to another member.
 
