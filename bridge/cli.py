@@ -16,6 +16,7 @@ from bridge import __version__
 from bridge.errors import BridgeError, ConfigurationError, ServiceUnavailable
 from bridge.mapping.commands import mappings_group
 from bridge.demo import demo_command
+from bridge.logverify import log_group
 from bridge.tail import tail_command
 
 
@@ -77,6 +78,7 @@ def _attach_simulator() -> None:
 _attach_simulator()
 cli.add_command(mappings_group)
 cli.add_command(tail_command)
+cli.add_command(log_group)
 cli.add_command(demo_command)
 
 

@@ -17,8 +17,10 @@ Memory is bounded by the ids of 1 + cached_segments segments, whatever the log's
 bytes per id, so ~14 MB for a 64 MiB segment of ~450-byte records. Dead letters are named by a hash of
 their content and ordered by their change's position; see `dead_letter_sequence` for those without one.
 
+Opening recovers from a crash: a torn tail (an append the crash interrupted, never acknowledged) is cut;
+anything else that does not read back refuses to open, and nothing is cut (bridge/logdamage.py).
 One writer per log directory, enforced by an exclusive lock on `writer.lock` (which holds the
-writer's pid); readers (bridge/sinks/locallog_reader.py) need no lock.
+writer's pid); readers (bridge/sinks/locallog_reader.py) need no lock. Files are owner-only.
 """
 
 from __future__ import annotations
@@ -49,14 +51,18 @@ from bridge.eventlog import (
     dead_letter_sequence,
     encode_meta,
     encode_record,
-    fsync_dir,
     id_key,
     list_segments,
     load_summary,
+    log_root,
+    make_private_dir,
+    open_segment,
     scan_segment,
     segment_name,
+    summary_path,
     write_summary,
 )
+from bridge.logdamage import BadFrame, inspect_stop
 from bridge.events import DomainEvent
 from bridge.ports import DeliveryCallback
 
@@ -76,12 +82,12 @@ class LocalLogEventSink:
                  fsync_interval_ms: float = 5.0, cached_segments: int = 1,
                  dead_letter_dir: Path | str | None = None) -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.directory)
         self._lock_fds = [acquire_writer_lock(self.directory)]
         letters_dir = Path(dead_letter_dir) if dead_letter_dir is not None else self.directory / DEAD_LETTERS
         try:
             if letters_dir.resolve().parent != self.directory.resolve():  # elsewhere: it needs its own lock
-                letters_dir.mkdir(parents=True, exist_ok=True)
+                make_private_dir(letters_dir)
                 self._lock_fds.append(acquire_writer_lock(letters_dir))
             self._events = SegmentLog(self.directory / EVENTS, segment_bytes, cached_segments)
             try:
@@ -124,7 +130,7 @@ class LocalLogEventSink:
 
     @property
     def torn_bytes_dropped(self) -> int:
-        """Bytes of a torn tail (a crashed writer's partial record) truncated when this writer opened."""
+        """Bytes of a torn tail (a crashed writer's unacknowledged partial append) cut when this writer opened."""
         return self._events.torn_bytes + self._dead_letters.torn_bytes
 
     def publish(self, event: DomainEvent, on_delivery: DeliveryCallback) -> None:
@@ -202,8 +208,9 @@ class LocalLogEventSink:
             self._closed = self._stopping = True
             self._work.notify()
         self._syncer.join()
-        self._events.close()
-        self._dead_letters.close()
+        clean = self._failure is None
+        self._events.close(clean=clean)
+        self._dead_letters.close(clean=clean)
         for fd in self._lock_fds:
             os.close(fd)
 
@@ -270,10 +277,7 @@ class SegmentLog:
         self.log_dir = log_dir
         self._segment_bytes = segment_bytes
         self._cached_segments = max(cached_segments, 1)
-        created = not log_dir.exists()
-        log_dir.mkdir(parents=True, exist_ok=True)
-        if created:
-            fsync_dir(log_dir.parent)
+        make_private_dir(log_dir)
         for leftover in log_dir.glob("*.tmp"):  # a segment or summary that never got its final name
             leftover.unlink()
         segments = list_segments(log_dir) or [(0, create_segment(log_dir, 0))]
@@ -286,34 +290,57 @@ class SegmentLog:
             if summary is None:
                 summary, status = scan_segment(path, base)
                 if status != "end":
-                    raise CorruptLogError(f"{path}: a {status} record at byte {summary.size} in a sealed segment; "
-                                          "the log is damaged (move the segment away to read what precedes it)")
+                    raise self._inspect(path, summary, sealed=True, closed_cleanly=False).error()
                 write_summary(path, summary)
             self._add_sealed(summary)
             expected = base + summary.count
         base, path = segments[-1]
         self._check_contiguous(base, expected)
         self._active_ids: set[bytes | str] = set()
-        self._active, _status = scan_segment(path, base, self._active_ids)
-        self.torn_bytes = path.stat().st_size - self._active.size
-        if self.torn_bytes:
-            # Only the last segment can end torn: whatever follows the last whole record was never
-            # acknowledged (it was not synced yet), so it is dropped.
-            log.warning("event log: dropping a torn tail", extra={"segment": str(path), "bytes": self.torn_bytes,
-                                                                   "at": self._active.size})
-            with open(path, "r+b") as file:
-                file.truncate(self._active.size)
-                os.fsync(file.fileno())
+        closed_cleanly = load_summary(path, base) is not None
+        self._active, status = scan_segment(path, base, self._active_ids)
+        self.torn_bytes = 0
+        if status != "end":
+            self._cut_torn_tail(path, closed_cleanly)
+        # This writer appends from here on: a summary of the segment from an earlier clean close no longer holds.
+        summary_path(path).unlink(missing_ok=True)
         self._active.durable = False
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         self.next_offset = base + self._active.count
         self._pending: list[bytes | _Seal] = []
         self._cache: OrderedDict[int, set[bytes | str]] = OrderedDict()  # sealed base -> its ids
 
+    def _cut_torn_tail(self, path: Path, closed_cleanly: bool) -> None:
+        """Cut what follows the last whole record if it is a torn tail; refuse (cut nothing) if it is damage."""
+        bad = self._inspect(path, self._active, sealed=False, closed_cleanly=closed_cleanly)
+        if not bad.torn_tail:
+            raise bad.error()
+        # Whole records before it stay (see bridge/logdamage.py); the rest was never acknowledged.
+        log.warning("event log: cutting a torn tail (an append a crash interrupted; never acknowledged)",
+                    extra={"segment": str(path), "bytes": bad.torn_bytes, "at": bad.position, "offset": bad.offset,
+                           "reason": bad.reason})
+        with open(path, "r+b") as file:
+            file.truncate(bad.position)
+            os.fsync(file.fileno())
+        self.torn_bytes = bad.torn_bytes
+
+    @staticmethod
+    def _inspect(path: Path, scanned: SegmentSummary, *, sealed: bool, closed_cleanly: bool) -> BadFrame:
+        """What stopped the scan of `path` after the records summarised in `scanned`."""
+        with open_segment(path, scanned.base_offset) as file:
+            bad = inspect_stop(file, path, scanned.size, scanned.base_offset + scanned.count, sealed=sealed,
+                               closed_cleanly=closed_cleanly)
+        if bad is None:  # the writer holds the lock: only another program can have changed the file
+            raise CorruptLogError(f"{path} changed while the bridge opened it; is another program writing it? "
+                                  "Nothing was cut")
+        return bad
+
     def _check_contiguous(self, base: int, expected: int) -> None:
         if base != expected:
-            raise CorruptLogError(f"{self.log_dir}: segment {segment_name(base)} should start at offset {expected}; "
-                                  "segments are missing or were renamed")
+            raise CorruptLogError(
+                f"event log damaged: {self.log_dir}: segment {segment_name(base)} should start at offset {expected}: "
+                f"segments are missing or were renamed; nothing was cut. Run `cdc-bridge log verify --log "
+                f"{log_root(self.log_dir / segment_name(base))}`, then restore the missing segments from a backup")
 
     def _add_sealed(self, summary: SegmentSummary) -> None:
         self._sealed.append(summary)
@@ -334,9 +361,13 @@ class SegmentLog:
         if ids is not None:
             self._cache.move_to_end(summary.base_offset)
             return ids
-        # Only segments fully on disk ever leave the cache, so reading one back is complete.
-        ids = set()
-        scan_segment(self.log_dir / segment_name(summary.base_offset), summary.base_offset, ids)
+        # Only segments fully on disk ever leave the cache, so reading one back is complete, unless damaged:
+        # then ids would be missing and a replayed event could be written twice, so that is refused.
+        ids: set[bytes | str] = set()
+        path = self.log_dir / segment_name(summary.base_offset)
+        scanned, status = scan_segment(path, summary.base_offset, ids)
+        if status != "end" or scanned.count != summary.count:
+            raise self._inspect(path, scanned, sealed=True, closed_cleanly=False).error()
         self._cache[summary.base_offset] = ids
         self._trim_cache()
         return ids
@@ -411,6 +442,11 @@ class SegmentLog:
         while view:
             view = view[os.write(self._fd, view):]
 
-    def close(self) -> None:
+    def close(self, *, clean: bool = False) -> None:
+        """Close the active segment; when `clean` (everything written and synced), leave its summary, which
+        says the segment is whole up to here (see bridge/logdamage.py)."""
         with contextlib.suppress(OSError):  # already closed when a failed write stopped mid-rollover
+            whole = clean and not self._pending and os.fstat(self._fd).st_size == self._active.size
             os.close(self._fd)
+            if whole:
+                write_summary(self.log_dir / segment_name(self._active.base_offset), self._active)
