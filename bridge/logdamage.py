@@ -21,6 +21,7 @@ not close it cleanly looks exactly like a power loss during the last append; it 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import struct
@@ -36,9 +37,13 @@ from bridge.eventlog import (
     MAX_BODY,
     PREFIX,
     CorruptLogError,
+    SegmentSummary,
     log_root,
     meta_size,
+    open_segment,
 )
+
+log = logging.getLogger("bridge.locallog")
 
 SCAN_CHUNK = 1 << 20
 # Where a frame may start: a length below MAX_BODY (top byte 0..4), a known kind, an id of 1+ bytes.
@@ -173,3 +178,37 @@ def inspect_stop(file: Any, segment: Path, position: int, offset: int | None, *,
         return None
     return BadFrame(segment, position, offset, size, describe_frame(file, position, size),
                     next_valid_record(file, position + 1, size), sealed, closed_cleanly)
+
+
+def gap_error(segment: Path, expected: int) -> CorruptLogError:
+    """Segment `segment` does not start where the one before it ends (or the log does not start at 0)."""
+    return CorruptLogError(
+        f"event log damaged: {segment}: should start at offset {expected}, where the segment before it ends (or "
+        f"the log begins): segments are missing or were renamed; nothing was cut. Run `cdc-bridge log verify --log "
+        f"{log_root(segment)}`, then restore the missing segments from a backup")
+
+
+def inspect_scanned(path: Path, scanned: SegmentSummary, *, sealed: bool, closed_cleanly: bool) -> BadFrame:
+    """What stopped the writer's scan of `path` after the records summarised in `scanned`."""
+    with open_segment(path, scanned.base_offset) as file:
+        bad = inspect_stop(file, path, scanned.size, scanned.base_offset + scanned.count, sealed=sealed,
+                           closed_cleanly=closed_cleanly)
+    if bad is None:  # the writer holds the lock: only another program can have changed the file
+        raise CorruptLogError(f"{path} changed while the bridge opened it; is another program writing it? "
+                              "Nothing was cut")
+    return bad
+
+
+def cut_torn_tail(path: Path, scanned: SegmentSummary, *, closed_cleanly: bool) -> int:
+    """Cut what follows the last whole record of the active segment if it is a torn tail, and return the bytes
+    cut; raise CorruptLogError, cutting nothing, if it is damage."""
+    bad = inspect_scanned(path, scanned, sealed=False, closed_cleanly=closed_cleanly)
+    if not bad.torn_tail:
+        raise bad.error()
+    log.warning("event log: cutting a torn tail (an append a crash interrupted; never acknowledged)",
+                extra={"segment": str(path), "bytes": bad.torn_bytes, "at": bad.position, "offset": bad.offset,
+                       "reason": bad.reason})
+    with open(path, "r+b") as file:
+        file.truncate(bad.position)
+        os.fsync(file.fileno())
+    return bad.torn_bytes

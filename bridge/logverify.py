@@ -33,7 +33,7 @@ from bridge.eventlog import (
     segment_name,
     summary_path,
 )
-from bridge.logdamage import inspect_stop, well_formed
+from bridge.logdamage import gap_error, inspect_stop, well_formed
 from bridge.sinks.locallog_reader import EventLogReader
 
 EXIT_WHOLE, EXIT_TORN_TAIL, EXIT_DAMAGED = 0, 1, 2
@@ -227,9 +227,7 @@ def verify_log(name: str, log_dir: Path, kind: int | None, report: Report) -> No
     for index, (base, path) in enumerate(segments):
         last = index == len(segments) - 1
         if expected is not None and base != expected:
-            report.damage(f"{path}: should start at offset {expected}" + (
-                ": the segments before it are missing" if index == 0 else
-                f" (where {segment_name(segments[index - 1][0])} ends): segments are missing or were renamed"))
+            report.damage(str(gap_error(path, expected)).removeprefix("event log damaged: "))
         line_at = len(report.lines)
         check = check_segment(path, base, last=last, kind=kind, writer=writer, report=report)
         check_summary(path, check, last=last, report=report)

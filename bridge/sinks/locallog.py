@@ -54,15 +54,13 @@ from bridge.eventlog import (
     id_key,
     list_segments,
     load_summary,
-    log_root,
     make_private_dir,
-    open_segment,
     scan_segment,
     segment_name,
     summary_path,
     write_summary,
 )
-from bridge.logdamage import BadFrame, inspect_stop
+from bridge.logdamage import cut_torn_tail, gap_error, inspect_scanned
 from bridge.events import DomainEvent
 from bridge.ports import DeliveryCallback
 
@@ -290,7 +288,7 @@ class SegmentLog:
             if summary is None:
                 summary, status = scan_segment(path, base)
                 if status != "end":
-                    raise self._inspect(path, summary, sealed=True, closed_cleanly=False).error()
+                    raise inspect_scanned(path, summary, sealed=True, closed_cleanly=False).error()
                 write_summary(path, summary)
             self._add_sealed(summary)
             expected = base + summary.count
@@ -299,9 +297,7 @@ class SegmentLog:
         self._active_ids: set[bytes | str] = set()
         closed_cleanly = load_summary(path, base) is not None
         self._active, status = scan_segment(path, base, self._active_ids)
-        self.torn_bytes = 0
-        if status != "end":
-            self._cut_torn_tail(path, closed_cleanly)
+        self.torn_bytes = cut_torn_tail(path, self._active, closed_cleanly=closed_cleanly) if status != "end" else 0
         # This writer appends from here on: a summary of the segment from an earlier clean close no longer holds.
         summary_path(path).unlink(missing_ok=True)
         self._active.durable = False
@@ -310,37 +306,9 @@ class SegmentLog:
         self._pending: list[bytes | _Seal] = []
         self._cache: OrderedDict[int, set[bytes | str]] = OrderedDict()  # sealed base -> its ids
 
-    def _cut_torn_tail(self, path: Path, closed_cleanly: bool) -> None:
-        """Cut what follows the last whole record if it is a torn tail; refuse (cut nothing) if it is damage."""
-        bad = self._inspect(path, self._active, sealed=False, closed_cleanly=closed_cleanly)
-        if not bad.torn_tail:
-            raise bad.error()
-        # Whole records before it stay (see bridge/logdamage.py); the rest was never acknowledged.
-        log.warning("event log: cutting a torn tail (an append a crash interrupted; never acknowledged)",
-                    extra={"segment": str(path), "bytes": bad.torn_bytes, "at": bad.position, "offset": bad.offset,
-                           "reason": bad.reason})
-        with open(path, "r+b") as file:
-            file.truncate(bad.position)
-            os.fsync(file.fileno())
-        self.torn_bytes = bad.torn_bytes
-
-    @staticmethod
-    def _inspect(path: Path, scanned: SegmentSummary, *, sealed: bool, closed_cleanly: bool) -> BadFrame:
-        """What stopped the scan of `path` after the records summarised in `scanned`."""
-        with open_segment(path, scanned.base_offset) as file:
-            bad = inspect_stop(file, path, scanned.size, scanned.base_offset + scanned.count, sealed=sealed,
-                               closed_cleanly=closed_cleanly)
-        if bad is None:  # the writer holds the lock: only another program can have changed the file
-            raise CorruptLogError(f"{path} changed while the bridge opened it; is another program writing it? "
-                                  "Nothing was cut")
-        return bad
-
     def _check_contiguous(self, base: int, expected: int) -> None:
         if base != expected:
-            raise CorruptLogError(
-                f"event log damaged: {self.log_dir}: segment {segment_name(base)} should start at offset {expected}: "
-                f"segments are missing or were renamed; nothing was cut. Run `cdc-bridge log verify --log "
-                f"{log_root(self.log_dir / segment_name(base))}`, then restore the missing segments from a backup")
+            raise gap_error(self.log_dir / segment_name(base), expected)
 
     def _add_sealed(self, summary: SegmentSummary) -> None:
         self._sealed.append(summary)
@@ -367,7 +335,7 @@ class SegmentLog:
         path = self.log_dir / segment_name(summary.base_offset)
         scanned, status = scan_segment(path, summary.base_offset, ids)
         if status != "end" or scanned.count != summary.count:
-            raise self._inspect(path, scanned, sealed=True, closed_cleanly=False).error()
+            raise inspect_scanned(path, scanned, sealed=True, closed_cleanly=False).error()
         self._cache[summary.base_offset] = ids
         self._trim_cache()
         return ids

@@ -24,16 +24,14 @@ from bridge.eventlog import (
     FRAME,
     PREFIX,
     SEGMENT_HEADER,
-    CorruptLogError,
     FrameScanner,
     decode_meta,
     list_segments,
     load_summary,
-    log_root,
     open_segment,
     segment_name,
 )
-from bridge.logdamage import BadFrame, inspect_stop
+from bridge.logdamage import BadFrame, gap_error, inspect_stop
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,10 +200,7 @@ class Cursor:
             if status != "end" and (bad := self._inspect(sealed=True)) is not None:
                 raise bad.error()
             if later[0][0] != self._next:
-                raise CorruptLogError(
-                    f"event log damaged: {self.log_dir}: segment {segment_name(self._base)} ends at offset "
-                    f"{self._next} but the next segment is {segment_name(later[0][0])}: segments are missing or "
-                    f"were renamed; nothing was cut. Run `cdc-bridge log verify --log {log_root(later[0][1])}`")
+                raise gap_error(later[0][1], self._next)
             if self._single_segment:
                 return
             self.close()

@@ -158,77 +158,68 @@ def test_a_bad_record_with_nothing_valid_after_it_is_a_torn_tail(tmp_path: Path,
     assert [r.id for r in read_all(tmp_path)] == [e.id for e in events]
 
 
+class Follower:
+    """A reader following the log on a thread: what it saw, and the error that stopped it, if any."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.seen: list[Any] = []
+        self.failures: list[BaseException] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, args=(log_dir,))
+
+    def _follow(self, log_dir: Path) -> None:
+        try:
+            self.seen.extend(EventLogReader(log_dir).follow(0, poll_interval_s=0.01, stop=self._stop))
+        except BaseException as exc:  # noqa: BLE001 (the test asserts on it)
+            self.failures.append(exc)
+
+    def wait_for(self, count: int, timeout_s: float = 20) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.seen) < count and not self.failures and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def __enter__(self) -> Follower:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
 def test_a_follower_waits_at_a_record_being_written_and_then_reads_it(tmp_path: Path) -> None:
     events = [make_event(i) for i in range(12)]
     publish_all(tmp_path, events)
     segment = last_segment(tmp_path / EVENTS)
-    records = frames(segment)
     whole = segment.read_bytes()
-    last_start = records[-1][0]
+    last_start = frames(segment)[-1][0]
     with open(segment, "r+b") as file:  # the last record is still being appended
         file.truncate(last_start + 20)
-    stop = threading.Event()
-    seen: list[Any] = []
-    failures: list[BaseException] = []
-
-    def follow() -> None:
-        try:
-            seen.extend(EventLogReader(tmp_path).follow(0, poll_interval_s=0.01, stop=stop))
-        except BaseException as exc:  # noqa: BLE001 (reported by the assertion below)
-            failures.append(exc)
-
-    follower = threading.Thread(target=follow)
-    follower.start()
-    try:
-        deadline = time.monotonic() + 20
-        while len(seen) < 11 and time.monotonic() < deadline:
-            time.sleep(0.01)
+    with Follower(tmp_path) as follower:
+        follower.wait_for(11)
         time.sleep(0.2)
-        assert len(seen) == 11 and not failures, failures
+        assert len(follower.seen) == 11 and not follower.failures, follower.failures
         with open(segment, "ab") as file:
             file.write(whole[last_start + 20:])
-        deadline = time.monotonic() + 20
-        while len(seen) < 12 and time.monotonic() < deadline:
-            time.sleep(0.01)
-    finally:
-        stop.set()
-        follower.join(10)
-    assert not failures, failures
-    assert [r.id for r in seen] == [e.id for e in events]
+        follower.wait_for(12)
+    assert not follower.failures, follower.failures
+    assert [r.id for r in follower.seen] == [e.id for e in events]
 
 
 def test_a_follower_stops_with_an_error_when_valid_records_appear_after_a_bad_one(tmp_path: Path) -> None:
     events = [make_event(i) for i in range(12)]
     publish_all(tmp_path, events)
     segment = last_segment(tmp_path / EVENTS)
-    records = frames(segment)
-    last_start, last_size = records[-1]
+    last_start, last_size = frames(segment)[-1]
     record_bytes = segment.read_bytes()[last_start:last_start + last_size]
-    stop = threading.Event()
-    failures: list[BaseException] = []
-    seen: list[Any] = []
-
-    def follow() -> None:
-        try:
-            seen.extend(EventLogReader(tmp_path).follow(0, poll_interval_s=0.01, stop=stop))
-        except BaseException as exc:  # noqa: BLE001
-            failures.append(exc)
-
-    follower = threading.Thread(target=follow)
-    follower.start()
-    try:
-        deadline = time.monotonic() + 20
-        while len(seen) < 12 and time.monotonic() < deadline:
-            time.sleep(0.01)
+    with Follower(tmp_path) as follower:
+        follower.wait_for(12)
         with open(segment, "ab") as file:  # a damaged record, then a whole one: not something a writer leaves
             file.write(b"\x10\0\0\0" + b"\x99" * 30 + record_bytes)
-        follower.join(20)
-    finally:
-        stop.set()
-        follower.join(10)
-    assert len(seen) == 12
-    assert len(failures) == 1 and isinstance(failures[0], CorruptLogError), failures
-    assert f"byte {last_start + last_size}" in str(failures[0]) and "offset 12" in str(failures[0])
+        follower.wait_for(13)
+    assert len(follower.seen) == 12
+    assert len(follower.failures) == 1 and isinstance(follower.failures[0], CorruptLogError), follower.failures
+    assert f"byte {last_start + last_size}" in str(follower.failures[0]) and "offset 12" in str(follower.failures[0])
 
 
 def test_run_refuses_a_damaged_log_with_one_line_and_exit_2(tmp_path: Path) -> None:
