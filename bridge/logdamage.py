@@ -46,9 +46,9 @@ from bridge.eventlog import (
 log = logging.getLogger("bridge.locallog")
 
 SCAN_CHUNK = 1 << 20
-# Where a frame may start: a length below MAX_BODY (top byte 0..4), a known kind, an id of 1+ bytes.
-# The C regex engine skips the rest of a garbage tail fast; each candidate is then checked fully.
-_CANDIDATE = re.compile(rb"(?=[\x00-\xff]{3}[\x00-\x04][\x00-\xff]{4}[\x01\x02][\x01-\xff])")
+# A record's body starts with its kind (1 or 2) and a non-zero id length: the C regex engine finds those
+# bytes fast in a garbage tail (zeros above all), and each candidate frame 8 bytes before is then checked.
+_KIND_BYTE = re.compile(rb"[\x01\x02](?=[\x01-\xff])")
 _LOOKAHEAD = FRAME.size + 2
 
 
@@ -91,11 +91,9 @@ def next_valid_record(file: Any, start: int, end: int) -> int | None:
         data = os.pread(fd, min(SCAN_CHUNK + _LOOKAHEAD, end - at), at)
         if not data:
             return None
-        starts_here = min(SCAN_CHUNK, len(data))
-        for match in _CANDIDATE.finditer(data):
-            where = match.start()
-            if where >= starts_here:
-                break
+        starts_here = min(SCAN_CHUNK, len(data))  # frames starting in [at, at + starts_here) are tried now
+        for match in _KIND_BYTE.finditer(data, FRAME.size, starts_here + FRAME.size + 1):
+            where = match.start() - FRAME.size
             length, _crc = FRAME.unpack_from(data, where)
             if length < PREFIX.size or length > MAX_BODY or at + where + FRAME.size + length > end:
                 continue

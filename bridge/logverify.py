@@ -116,7 +116,7 @@ def check_segment(path: Path, base: int, *, last: bool, kind: int | None, writer
 
 def _torn_tail(torn_bytes: int, position: int, offset: int | None, reason: str, writer: int | None,
                check: SegmentCheck, report: Report) -> None:
-    where = f"{torn_bytes} bytes at byte {position} (offset {offset})"
+    where = f"{torn_bytes} bytes at byte {position} (offset {'unknown' if offset is None else offset})"
     if writer is not None:
         check.state = "ok, a record being appended"
         report.note(f"an incomplete record: {where}: the writer (pid {writer}) is running, so it is most likely "

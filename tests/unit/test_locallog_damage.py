@@ -265,3 +265,23 @@ def test_a_replay_needing_a_damaged_sealed_segment_fails_instead_of_writing_twic
     with pytest.raises(CorruptLogError):
         read_all(tmp_path)
     assert active.read_bytes() == active_bytes, "nothing was appended"
+
+
+def test_the_forward_scan_finds_a_valid_record_at_any_byte_across_read_chunks(tmp_path: Path, monkeypatch) -> None:
+    import random
+
+    from bridge import logdamage
+    from bridge.eventlog import encode_meta, encode_record
+
+    monkeypatch.setattr(logdamage, "SCAN_CHUNK", 64)
+    record = encode_record(1, "id-1", "0001", encode_meta([("ce_id", b"id-1")], b"42", "order", "rule"), b"{}")
+    garbage = random.Random(7).randbytes(300)
+    path = tmp_path / "scan"
+    for position in range(0, 200):
+        path.write_bytes(garbage[:position] + record + garbage[:50])
+        with open(path, "rb") as file:
+            assert logdamage.next_valid_record(file, 0, path.stat().st_size) == position
+            assert logdamage.next_valid_record(file, position + 1, path.stat().st_size) is None
+    path.write_bytes(garbage[:10] + record[:-1])
+    with open(path, "rb") as file:
+        assert logdamage.next_valid_record(file, 0, path.stat().st_size) is None, "a record cut short is not valid"
