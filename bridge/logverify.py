@@ -12,6 +12,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -156,7 +157,7 @@ def check_summary(path: Path, check: SegmentCheck, *, last: bool, report: Report
                       "records); readers trust it to find offsets: delete it (the next writer rebuilds it)")
 
 
-def _stored_summary(path: Path) -> dict | None:
+def _stored_summary(path: Path) -> dict[str, Any] | None:
     try:
         stored = json.loads(summary_path(path).read_text())
     except (OSError, ValueError):
@@ -274,8 +275,13 @@ def log_group() -> None:
               help="The dead-letter log, when the sink keeps it elsewhere (sink.dead_letter_path).")
 @click.pass_context
 def verify_command(ctx: click.Context, log_dir: Path, dead_letter_path: Path | None) -> None:
-    """Check every segment (header, records, checksums, offsets, summaries, names); exit 0 whole,
-    1 a torn tail only (the next writer cuts it), 2 damage."""
+    """Check every segment and record of the log.
+
+    Exit 0: every record reads back; 1: a torn tail only (an append a crash interrupted: never acknowledged,
+    the next writer cuts it); 2: damage (anything else that does not read back). Checks the header, records
+    and checksums, contiguous offsets, summaries, names and file modes of the events and the dead letters.
+    Takes no lock.
+    """
     report = Report()
     for name, directory, kind in logs_to_check(log_dir, dead_letter_path):
         verify_log(name, directory, kind, report)
