@@ -17,6 +17,7 @@ from bridge.errors import BridgeError, ConfigurationError, ServiceUnavailable
 from bridge.mapping.commands import mappings_group
 from bridge.demo import demo_command
 from bridge.preflight import check_command
+from bridge.logverify import log_group
 from bridge.tail import tail_command
 
 
@@ -79,6 +80,7 @@ _attach_simulator()
 cli.add_command(mappings_group)
 cli.add_command(check_command)
 cli.add_command(tail_command)
+cli.add_command(log_group)
 cli.add_command(demo_command)
 
 

@@ -7,6 +7,7 @@
     │   ├── DecodeError            a malformed or undecodable change event (names topic, offset, column)
     │   ├── TranslationError       a mapping rule failed on a change (names rule and field)
     │   └── RecordTooLarge         an event or dead letter exceeds the sink's per-record maximum
+    ├── DamagedFileError           a file the bridge keeps (the event log) is damaged: restore or repair it, rerun
     ├── DeliveryError              an event could not be published (after the producer's own retries)
     └── ServiceUnavailable         a database or broker cannot be reached: retrying may help
 
@@ -44,6 +45,16 @@ class DecodeError(ChangeError):
 
 class TranslationError(ChangeError):
     """A mapping rule failed while translating a change (a failed expression, a missing value)."""
+
+
+class DamagedFileError(BridgeError):
+    """A file the bridge wrote earlier no longer reads back whole (a checksum fails, a part is missing).
+
+    Nothing was changed: the bridge never cuts or rewrites data it acknowledged. Like an input error,
+    retrying cannot help; the file must be restored or repaired first.
+    """
+
+    exit_code = 2
 
 
 class DeliveryError(BridgeError):

@@ -17,8 +17,10 @@ Memory is bounded by the ids of 1 + cached_segments segments, whatever the log's
 bytes per id, so ~14 MB for a 64 MiB segment of ~450-byte records. Dead letters are named by a hash of
 their content and ordered by their change's position; see `dead_letter_sequence` for those without one.
 
+Opening recovers from a crash: a torn tail (an append the crash interrupted, never acknowledged) is cut;
+anything else that does not read back refuses to open, and nothing is cut (bridge/logdamage.py).
 One writer per log directory, enforced by an exclusive lock on `writer.lock` (which holds the
-writer's pid); readers (bridge/sinks/locallog_reader.py) need no lock.
+writer's pid); readers (bridge/sinks/locallog_reader.py) need no lock. Files are owner-only.
 """
 
 from __future__ import annotations
@@ -49,14 +51,16 @@ from bridge.eventlog import (
     dead_letter_sequence,
     encode_meta,
     encode_record,
-    fsync_dir,
     id_key,
     list_segments,
     load_summary,
+    make_private_dir,
     scan_segment,
     segment_name,
+    summary_path,
     write_summary,
 )
+from bridge.logdamage import cut_torn_tail, gap_error, inspect_scanned
 from bridge.events import DomainEvent
 from bridge.ports import DeliveryCallback
 from bridge.sinks.dead_letters import encode_dead_letter
@@ -80,12 +84,12 @@ class LocalLogEventSink:
                  fsync_interval_ms: float = 5.0, cached_segments: int = 1,
                  dead_letter_dir: Path | str | None = None) -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.directory)
         self._lock_fds = [acquire_writer_lock(self.directory)]
         letters_dir = Path(dead_letter_dir) if dead_letter_dir is not None else self.directory / DEAD_LETTERS
         try:
             if letters_dir.resolve().parent != self.directory.resolve():  # elsewhere: it needs its own lock
-                letters_dir.mkdir(parents=True, exist_ok=True)
+                make_private_dir(letters_dir)
                 self._lock_fds.append(acquire_writer_lock(letters_dir))
             self._events = SegmentLog(self.directory / EVENTS, segment_bytes, cached_segments)
             try:
@@ -128,7 +132,7 @@ class LocalLogEventSink:
 
     @property
     def torn_bytes_dropped(self) -> int:
-        """Bytes of a torn tail (a crashed writer's partial record) truncated when this writer opened."""
+        """Bytes of a torn tail (a crashed writer's unacknowledged partial append) cut when this writer opened."""
         return self._events.torn_bytes + self._dead_letters.torn_bytes
 
     def publish(self, event: DomainEvent, on_delivery: DeliveryCallback) -> None:
@@ -214,8 +218,9 @@ class LocalLogEventSink:
             self._closed = self._stopping = True
             self._work.notify()
         self._syncer.join()
-        self._events.close()
-        self._dead_letters.close()
+        clean = self._failure is None
+        self._events.close(clean=clean)
+        self._dead_letters.close(clean=clean)
         for fd in self._lock_fds:
             os.close(fd)
 
@@ -282,10 +287,7 @@ class SegmentLog:
         self.log_dir = log_dir
         self._segment_bytes = segment_bytes
         self._cached_segments = max(cached_segments, 1)
-        created = not log_dir.exists()
-        log_dir.mkdir(parents=True, exist_ok=True)
-        if created:
-            fsync_dir(log_dir.parent)
+        make_private_dir(log_dir)
         for leftover in log_dir.glob("*.tmp"):  # a segment or summary that never got its final name
             leftover.unlink()
         segments = list_segments(log_dir) or [(0, create_segment(log_dir, 0))]
@@ -298,24 +300,18 @@ class SegmentLog:
             if summary is None:
                 summary, status = scan_segment(path, base)
                 if status != "end":
-                    raise CorruptLogError(f"{path}: a {status} record at byte {summary.size} in a sealed segment; "
-                                          "the log is damaged (move the segment away to read what precedes it)")
+                    raise inspect_scanned(path, summary, sealed=True, closed_cleanly=False).error()
                 write_summary(path, summary)
             self._add_sealed(summary)
             expected = base + summary.count
         base, path = segments[-1]
         self._check_contiguous(base, expected)
         self._active_ids: set[bytes | str] = set()
-        self._active, _status = scan_segment(path, base, self._active_ids)
-        self.torn_bytes = path.stat().st_size - self._active.size
-        if self.torn_bytes:
-            # Only the last segment can end torn: whatever follows the last whole record was never
-            # acknowledged (it was not synced yet), so it is dropped.
-            log.warning("event log: dropping a torn tail", extra={"segment": str(path), "bytes": self.torn_bytes,
-                                                                   "at": self._active.size})
-            with open(path, "r+b") as file:
-                file.truncate(self._active.size)
-                os.fsync(file.fileno())
+        closed_cleanly = load_summary(path, base) is not None
+        self._active, status = scan_segment(path, base, self._active_ids)
+        self.torn_bytes = cut_torn_tail(path, self._active, closed_cleanly=closed_cleanly) if status != "end" else 0
+        # This writer appends from here on: a summary of the segment from an earlier clean close no longer holds.
+        summary_path(path).unlink(missing_ok=True)
         self._active.durable = False
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         self.next_offset = base + self._active.count
@@ -324,8 +320,7 @@ class SegmentLog:
 
     def _check_contiguous(self, base: int, expected: int) -> None:
         if base != expected:
-            raise CorruptLogError(f"{self.log_dir}: segment {segment_name(base)} should start at offset {expected}; "
-                                  "segments are missing or were renamed")
+            raise gap_error(self.log_dir / segment_name(base), expected)
 
     def _add_sealed(self, summary: SegmentSummary) -> None:
         self._sealed.append(summary)
@@ -346,9 +341,13 @@ class SegmentLog:
         if ids is not None:
             self._cache.move_to_end(summary.base_offset)
             return ids
-        # Only segments fully on disk ever leave the cache, so reading one back is complete.
-        ids = set()
-        scan_segment(self.log_dir / segment_name(summary.base_offset), summary.base_offset, ids)
+        # Only segments fully on disk ever leave the cache, so reading one back is complete, unless damaged:
+        # then ids would be missing and a replayed event could be written twice, so that is refused.
+        ids: set[bytes | str] = set()
+        path = self.log_dir / segment_name(summary.base_offset)
+        scanned, status = scan_segment(path, summary.base_offset, ids)
+        if status != "end" or scanned.count != summary.count:
+            raise inspect_scanned(path, scanned, sealed=True, closed_cleanly=False).error()
         self._cache[summary.base_offset] = ids
         self._trim_cache()
         return ids
@@ -423,6 +422,11 @@ class SegmentLog:
         while view:
             view = view[os.write(self._fd, view):]
 
-    def close(self) -> None:
+    def close(self, *, clean: bool = False) -> None:
+        """Close the active segment; when `clean` (everything written and synced), leave its summary, which
+        says the segment is whole up to here (see bridge/logdamage.py)."""
         with contextlib.suppress(OSError):  # already closed when a failed write stopped mid-rollover
+            whole = clean and not self._pending and os.fstat(self._fd).st_size == self._active.size
             os.close(self._fd)
+            if whole:
+                write_summary(self.log_dir / segment_name(self._active.base_offset), self._active)
