@@ -27,7 +27,7 @@ from bridge.changes import UNKNOWN
 
 _INT64 = 2**63  # ints beyond go as hex: JSON readers disagree there, and Python's str(int) has a limit
 _ESCAPE = "$"
-MAX_NESTING = 200  # levels of lists and objects in one value; deeper would exhaust the recursion limit
+MAX_NESTING = 200  # levels of lists and objects in one value (sources refuse beyond bridge.nesting.MAX_DEPTH, 100)
 
 
 class UnstorableValue(TypeError):
