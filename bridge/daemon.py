@@ -72,10 +72,11 @@ def _open_sink(settings: Settings, mappings: Any) -> EventSink:
 def _open_source(settings: Settings, mappings: Any) -> tuple[ChangeSource, dict[str, Any]]:
     """The configured source, and what to log about where it reads."""
     if settings.source.kind == "pgoutput":
-        from bridge.sources.pgoutput.source import PgOutputChangeSource, redacted
+        from bridge.redact import redacted_dsn
+        from bridge.sources.pgoutput.source import PgOutputChangeSource
 
         pg = PgOutputChangeSource(settings.source, tables=mappings.tables())
-        return pg, {"source": "pgoutput", "dsn": redacted(settings.source.dsn), "slot": settings.source.slot_name,
+        return pg, {"source": "pgoutput", "dsn": redacted_dsn(settings.source.dsn), "slot": settings.source.slot_name,
                     "publication": settings.source.publication_name}
     from bridge.sources.debezium.source import DebeziumKafkaSource
 

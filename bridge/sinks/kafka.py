@@ -64,6 +64,7 @@ class KafkaEventSink:
                 linger_ms=settings.linger_ms,
                 compression_type=settings.compression_type,
                 delivery_timeout_ms=int(settings.delivery_timeout_s * 1000),
+                bootstrap_timeout_ms=int(settings.bootstrap_timeout_s * 1000),
                 # A batch holds several records up to batch_size, or one larger record: both within the limit.
                 batch_size=min(MAX_BATCH_BYTES, self.max_message_bytes),
                 max_request_size=self.max_message_bytes,
@@ -134,7 +135,8 @@ def _topics_for(settings: KafkaSink, aggregates: list[tuple[str, str]]) -> set[s
 
 def _admin(settings: KafkaSink) -> KafkaAdminClient:
     try:
-        return KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers.split(","), client_id="cdc-bridge")
+        return KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers.split(","), client_id="cdc-bridge",
+                                bootstrap_timeout_ms=int(settings.bootstrap_timeout_s * 1000))
     except KafkaError as exc:
         raise ServiceUnavailable(
             f"no Kafka broker answers at {settings.bootstrap_servers} (sink.bootstrap_servers); "

@@ -85,6 +85,7 @@ class DebeziumKafkaSource:
                 auto_offset_reset="earliest",
                 max_poll_records=settings.poll_max_records,
                 metadata_max_age_ms=5000,  # notice topics Debezium creates after we start
+                bootstrap_timeout_ms=int(settings.bootstrap_timeout_s * 1000),
                 client_id="cdc-bridge",
                 # Eager rebalancing with a full assignment each time, which `partitions_assigned` relies on.
                 partition_assignment_strategy=(RangePartitionAssignor,),

@@ -26,11 +26,11 @@ from typing import Any
 import psycopg
 import psycopg.errors
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from bridge.changes import Op, SourcePosition, Transaction
 from bridge.errors import ConfigurationError, ServiceUnavailable
 from bridge.ports import SourceUnit
+from bridge.redact import redacted_dsn
 from bridge.settings import PgOutputSource
 from bridge.sources.pgoutput.changes import (
     PRIMARY_KEYS_SQL,
@@ -57,16 +57,6 @@ SLOT_LAG_SQL = ("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_ls
             "WHERE slot_name = %s")
 
 
-def redacted(dsn: str) -> str:
-    """The DSN as it may appear in a message or a log: without its password."""
-    try:
-        params = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        return "<unparseable DSN>"
-    params.pop("password", None)
-    return make_conninfo("", **{k: str(v) for k, v in params.items() if v is not None})
-
-
 @dataclass(slots=True)
 class _Handle:
     """One released unit, in commit order; its commit LSN becomes safe once it and all before it are done."""
@@ -84,7 +74,7 @@ class PgOutputChangeSource:
         self._tables = sorted(set(tables))
         if not self._tables:
             raise ConfigurationError("the pgoutput source needs at least one mapped table to publish")
-        self._where = redacted(settings.dsn)
+        self._where = redacted_dsn(settings.dsn)
         self._released: deque[_Handle] = deque()
         self._not_done = 0  # released handles not yet done: pending() is asked every loop turn
         self._last_safe: SourcePosition | None = None
