@@ -23,6 +23,8 @@ from typing import Any, Literal
 
 import click
 
+from bridge.redact import scrub
+
 Level = Literal["ok", "warning", "error"]
 # Groups in the order they are printed.
 AREAS = ("mappings", "source", "tables", "prior-row store", "sink")
@@ -221,7 +223,8 @@ def check_command(ctx: click.Context, config_file: Path | None, as_json: bool) -
 
     settings = load_settings(config_file)
     report = check(settings, load_mappings(settings.mappings))
-    click.echo(report.as_json() if as_json else report.as_text())
+    # Findings quote addresses as configured (a Kafka address may carry user:password): blank the secrets.
+    click.echo(scrub(report.as_json() if as_json else report.as_text()))
     ctx.exit(report.exit_code)
 
 

@@ -59,7 +59,7 @@ WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
 
 
 def check_direct_source(report: Report, settings: Any, mappings: Any) -> None:
-    from bridge.sources.pgoutput.source import redacted
+    from bridge.redact import redacted_dsn as redacted
 
     source = settings.source
     where = redacted(source.dsn)

@@ -118,10 +118,19 @@ CASES: list[Case] = [
          config=f"source:\n  kind: pgoutput\n  dsn: {DSNS['url']}: x\n"),
     Case(("run",), ["--config", "{config}"], label="invalid settings beside the DSN",
          config=f"source: {{kind: pgoutput, dsn: '{DSNS['url']}', slot: x}}\nsink: {{partitions: many}}\n"),
+    # check: the same settings as run, read by the preflight
+    *[Case(("check",), ["--config", "{config}"], config=_run_config(_pgoutput(dsn)), label=f"source.dsn {kind}")
+      for kind, dsn in DSNS.items()],
+    Case(("check",), ["--config", "{config}"], env={"BRIDGE_SOURCE__DSN": DSNS["url"]},
+         config=_run_config("{kind: pgoutput}"), label="url DSN"),
+    Case(("check",), ["--config", "{config}", "--json"], label="sink.bootstrap_servers url",
+         config=_run_config(_pgoutput(DSNS["url"]), f"{{kind: kafka, bootstrap_servers: '{BOOTSTRAPS['url']}', "
+                                                    "bootstrap_timeout_s: 1}")),
     # commands without a DSN: the secrets in the environment stay unprinted when they fail
     Case(("mappings", "validate"), ["{work}/missing.yaml"], env=dict(BACKGROUND_ENV), label="missing file"),
     Case(("mappings", "test"), ["{work}/missing.yaml"], env=dict(BACKGROUND_ENV), label="missing file"),
     Case(("tail",), ["--log", "{work}/no-log", "--no-follow"], env=dict(BACKGROUND_ENV), label="missing log"),
+    Case(("log", "verify"), ["--log", "{work}/no-log"], env=dict(BACKGROUND_ENV), label="missing log"),
 ]
 
 
