@@ -2,12 +2,16 @@
 
 Every failure the bridge foresees is a BridgeError: it is printed as one line naming what is wrong
 and what to do, and the process exits with that error's exit code (2: fix the input, 3: a service
-is unavailable, retry later). Anything else is a bug and keeps its traceback.
+is unavailable, retry later). Anything else is a bug and keeps its traceback. Whatever is printed on a
+failure, and every log line, has the passwords of the command line, the environment and the settings
+blanked out (bridge.redact): a library may quote a connection string in its own message.
 """
 
 from __future__ import annotations
 
+import io
 import sys
+import traceback
 from pathlib import Path
 
 import click
@@ -15,7 +19,10 @@ import click
 from bridge import __version__
 from bridge.errors import BridgeError, ConfigurationError, ServiceUnavailable
 from bridge.mapping.commands import mappings_group
+from bridge.redact import dsn_problem, note_secrets_of_invocation, redacted_dsn, scrub
 from bridge.demo import demo_command
+from bridge.preflight import check_command
+from bridge.logverify import log_group
 from bridge.tail import tail_command
 
 
@@ -54,12 +61,14 @@ def legacy_migrate(dsn: str) -> None:
 
     from legacy_db.migrate import MigrationError, apply_migrations
 
+    if problem := dsn_problem(dsn):
+        raise ConfigurationError(f"--dsn: {problem}")
     try:
         applied = apply_migrations(dsn)
     except psycopg.OperationalError as exc:
         reason = " ".join(str(exc).split())  # psycopg's message spans lines; the CLI prints one
         raise ServiceUnavailable(
-            f"cannot reach PostgreSQL at {dsn}: {reason}. Check the DSN and that the server is up."
+            f"cannot reach PostgreSQL at {redacted_dsn(dsn)}: {reason}. Check the DSN and that the server is up."
         ) from exc
     except MigrationError as exc:
         raise ConfigurationError(str(exc)) from exc
@@ -76,22 +85,30 @@ def _attach_simulator() -> None:
 
 _attach_simulator()
 cli.add_command(mappings_group)
+cli.add_command(check_command)
 cli.add_command(tail_command)
+cli.add_command(log_group)
 cli.add_command(demo_command)
 
 
 def main() -> None:
+    note_secrets_of_invocation(sys.argv[1:])
     try:
         outcome = cli.main(standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        exc.show()
+        shown = io.StringIO()
+        exc.show(file=shown)
+        click.echo(scrub(shown.getvalue()), err=True, nl=False)
         sys.exit(exc.exit_code)
     except BridgeError as exc:
-        click.echo(f"cdc-bridge: {exc}", err=True)
+        click.echo(scrub(f"cdc-bridge: {exc}"), err=True)
         sys.exit(exc.exit_code)
+    except Exception:  # a bug: its traceback helps, a password in it would not
+        click.echo(scrub(traceback.format_exc()), err=True, nl=False)
+        sys.exit(1)
     # Without standalone mode click returns a command's exit code (from ctx.exit) instead of exiting.
     sys.exit(outcome if isinstance(outcome, int) else 0)
 

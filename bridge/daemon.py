@@ -20,6 +20,7 @@ from typing import Any
 from bridge.errors import MappingError
 from bridge.mapping.loader import load_mappings
 from bridge.pipeline import Pipeline, PipelineStats
+from bridge.preflight import enforce_at_start
 from bridge.ports import ChangeSource, EventSink
 from bridge.settings import Settings
 from bridge.sinks.kafka import KafkaEventSink
@@ -66,23 +67,19 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 def _open_sink(settings: Settings, mappings: Any) -> EventSink:
     if settings.sink.kind == "locallog":
         return LocalLogEventSink.from_settings(settings.sink)
-    sink = KafkaEventSink(settings.sink)
-    if settings.sink.create_topics:
-        if created := sink.ensure_topics(mappings.aggregates()):
-            log.info("created topics", extra={"topics": created})
-        sink.warm_up(mappings.aggregates())
-    return sink
+    return KafkaEventSink.open(settings.sink, mappings.aggregates())
 
 
 def _open_source(settings: Settings, mappings: Any) -> tuple[ChangeSource, dict[str, Any]]:
     """The configured source, and what to log about where it reads."""
     if settings.source.kind == "pgoutput":
+        from bridge.redact import redacted_dsn
         from bridge.sources.pgoutput.drift import MappingContract
-        from bridge.sources.pgoutput.source import PgOutputChangeSource, redacted
+        from bridge.sources.pgoutput.source import PgOutputChangeSource
 
         pg = PgOutputChangeSource(settings.source, tables=mappings.tables(), contract=MappingContract.of(mappings),
                                   acknowledged_path=acknowledged_path(settings))
-        return pg, {"source": "pgoutput", "dsn": redacted(settings.source.dsn), "slot": settings.source.slot_name,
+        return pg, {"source": "pgoutput", "dsn": redacted_dsn(settings.source.dsn), "slot": settings.source.slot_name,
                     "publication": settings.source.publication_name}
     from bridge.sources.debezium.source import DebeziumKafkaSource
 
@@ -98,13 +95,37 @@ def acknowledged_path(settings: Settings) -> Path | None:
     return settings.state.path.with_suffix(".acknowledged.json") if settings.state.path is not None else None
 
 
+def _serve_metrics(settings: Settings, resources: ExitStack) -> bool:
+    """/metrics, /healthz and /readyz when metrics.port is set; closed with the daemon's other resources."""
+    if settings.metrics.port is None:
+        return False
+    from bridge.metrics import MetricsServer
+
+    server = MetricsServer(settings.metrics.host, settings.metrics.port, stall_after_s=settings.metrics.stall_after_s)
+    resources.callback(server.close)
+    host, port = server.address
+    log.info("serving metrics", extra={"url": f"http://{host}:{port}/metrics"})
+    return True
+
+
+def _metrics_hook(settings: Settings, source: ChangeSource, stats: PipelineStats, resources: ExitStack) -> Any:
+    from bridge.metrics import PipelineMetrics, set_source_connected
+
+    hook = PipelineMetrics(source, stats, lag_interval_s=settings.metrics.lag_interval_s)
+    set_source_connected(True)
+    resources.callback(hook.flush)  # the counts of the last second, before the process ends
+    return hook
+
+
 def run_daemon(settings: Settings, *, stop: threading.Event | None = None,
                idle_exit_s: float | None = None, stats: PipelineStats | None = None) -> PipelineStats:
     """Run until `stop` is set (or SIGTERM/SIGINT in the main thread); `stats`, if given, is kept up to date
     while it runs, for a caller that shows progress from another thread."""
     stop = stop or threading.Event()
     mappings = preflight(settings)
+    enforce_at_start(settings, mappings, log)  # bridge/preflight.py: the checks of `cdc-bridge check`
     with ExitStack() as resources:
+        serving = _serve_metrics(settings, resources)  # first: /healthz answers while the rest opens
         store = None
         if settings.state.path is not None and (needing := mappings.needs_before()):
             store = PriorRowStore(settings.state.path, tables=needing.keys())
@@ -113,10 +134,12 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None,
         resources.callback(sink.close)
         source, reading = _open_source(settings, mappings)
         resources.callback(source.close)
+        stats = stats if stats is not None else PipelineStats()
+        hook = _metrics_hook(settings, source, stats, resources) if serving else None
         pipeline = Pipeline(source, sink, mappings, source_id=settings.source_id, prior_rows=store,
                             max_in_flight_events=settings.pipeline.max_in_flight_events,
                             commit_interval_s=settings.pipeline.commit_interval_s,
-                            on_error=settings.pipeline.on_error, stats=stats)
+                            on_error=settings.pipeline.on_error, stats=stats, metrics=hook)
         log.info("started", extra={"source_id": settings.source_id, **reading, "rules": mappings.rule_count()})
         started = time.monotonic()
         with _stop_on_signals(stop):

@@ -32,7 +32,8 @@ from bridge.eventlog import DEAD_LETTERS, EVENTS
 from bridge.pipeline import PipelineStats
 from bridge.settings import Settings
 from bridge.sinks.locallog_reader import Cursor, EventLogReader, LogNotFound, LogRecord
-from bridge.sources.pgoutput.source import SLOT_LAG_SQL, redacted
+from bridge.redact import dsn_problem, redacted_dsn
+from bridge.sources.pgoutput.source import SLOT_LAG_SQL
 
 if TYPE_CHECKING:
     from bridge.demo_view import DemoFacts, EventTally
@@ -66,6 +67,8 @@ log = logging.getLogger("bridge.demo")
 def demo_command(dsn: str | None, state_dir: Path, traffic: bool | None, rate: float, seed: int | None,
                  duration: float | None, mapping_files: tuple[Path, ...]) -> None:
     """Legacy traffic -> PostgreSQL -> cdc-bridge -> domain events, live in this terminal (Ctrl-C stops)."""
+    if dsn is not None and (problem := dsn_problem(dsn)):
+        raise ConfigurationError(f"--dsn: {problem}")
     state_dir.mkdir(parents=True, exist_ok=True)
     log_file = _log_to_file(state_dir / "bridge.log")
     with ExitStack() as cleanup:
@@ -115,7 +118,7 @@ class Demo:
         from bridge.demo_view import DemoFacts, EventTally
 
         outcome = Outcome()
-        facts = DemoFacts(database=redacted(self.dsn), server=_server_version(self.dsn), slot=SLOT,
+        facts = DemoFacts(database=redacted_dsn(self.dsn), server=_server_version(self.dsn), slot=SLOT,
                           log_dir=self.log_dir, traffic=self._traffic_text())
         tally = EventTally()
         traffic: threading.Thread | None = None
@@ -338,7 +341,7 @@ def _server_version(dsn: str) -> str:
 
 
 def _unreachable(dsn: str, exc: psycopg.OperationalError) -> ServiceUnavailable:
-    return ServiceUnavailable(f"cannot reach PostgreSQL at {redacted(dsn)}: {' '.join(str(exc).split())}")
+    return ServiceUnavailable(f"cannot reach PostgreSQL at {redacted_dsn(dsn)}: {' '.join(str(exc).split())}")
 
 
 def _slot_lag(dsn: str) -> int | None:

@@ -5,7 +5,9 @@
     │   └── MappingError           a mapping file is wrong; names file, line, rule and field
     ├── ChangeError                one change cannot be handled; the pipeline dead-letters it or stops (policy)
     │   ├── DecodeError            a malformed or undecodable change event (names topic, offset, column)
-    │   └── TranslationError       a mapping rule failed on a change (names rule and field)
+    │   ├── TranslationError       a mapping rule failed on a change (names rule and field)
+    │   └── RecordTooLarge         an event or dead letter exceeds the sink's per-record maximum
+    ├── DamagedFileError           a file the bridge keeps (the event log) is damaged: restore or repair it, rerun
     ├── DeliveryError              an event could not be published (after the producer's own retries)
     └── ServiceUnavailable         a database or broker cannot be reached: retrying may help
 
@@ -45,6 +47,16 @@ class TranslationError(ChangeError):
     """A mapping rule failed while translating a change (a failed expression, a missing value)."""
 
 
+class DamagedFileError(BridgeError):
+    """A file the bridge wrote earlier no longer reads back whole (a checksum fails, a part is missing).
+
+    Nothing was changed: the bridge never cuts or rewrites data it acknowledged. Like an input error,
+    retrying cannot help; the file must be restored or repaired first.
+    """
+
+    exit_code = 2
+
+
 class DeliveryError(BridgeError):
     """The sink did not acknowledge an event."""
 
@@ -57,3 +69,15 @@ class ServiceUnavailable(BridgeError):
 
     retryable = True
     exit_code = 3
+
+
+class RecordTooLarge(ChangeError):
+    """An event or dead letter is larger than the sink takes; the pipeline dead-letters it, bounded.
+
+    Raised by nothing: a sink reports it through the delivery callback, before anything is sent, so
+    the pipeline can replace that one record and go on.
+    """
+
+    def __init__(self, size: int, limit: int, where: str) -> None:
+        super().__init__(f"{size} bytes, more than the {limit} bytes {where} takes")
+        self.size, self.limit, self.where = size, limit, where

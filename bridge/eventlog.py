@@ -17,15 +17,24 @@ All integers little-endian, all text UTF-8. `value` is exactly the bytes Kafka w
 with their exact bytes, so a record read back is the Kafka record byte for byte. (The meta section is
 binary rather than JSON because encoding it is on the bridge's hot path: about 5x cheaper.)
 
-A crash can leave a torn record at the end of the last segment only: a segment gets a successor only
-after it was fsynced whole. Readers stop before such a record (a follower waits: it may still be being
-written); the next writer truncates it. A bad record anywhere else is corruption and is reported.
+A writer appends whole batches and fsyncs each before it acknowledges any record in it, so a crash
+(kill -9, power loss) can leave bytes that are not a whole record only after the last synced batch, at the
+end of the last segment: a torn tail, never acknowledged. Anything else that does not read back is
+damage. bridge/logdamage.py tells the two apart: readers stop before a torn tail (a follower waits: it may
+be a record being written) and the next writer cuts it; damage stops readers and writers with an error
+naming the file, byte and offset, and nothing is cut.
+
 A sealed segment gets a summary file (`<base>.summary.json`: count, size, sequence range, a sparse
-offset-to-byte index); it is a cache that is rebuilt from the segment when missing or stale.
+offset-to-byte index); it is a cache that is rebuilt from the segment when missing or stale. A writer
+closing cleanly writes one for the active segment too, and removes it when it opens the log again: while
+it matches, the segment is known whole, so a bad record anywhere in it is damage, even at its end.
+
+Files are created owner-only (0600) and directories 0700: the events carry customer data.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -36,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bridge.errors import BridgeError, ConfigurationError
+from bridge.errors import ConfigurationError, DamagedFileError
 
 MAGIC = b"CDCBLOG1"
 SEGMENT_HEADER = struct.Struct("<8sQ")
@@ -58,8 +67,12 @@ class LogLockedError(ConfigurationError):
     """Another process (named by its pid) is writing this event log."""
 
 
-class CorruptLogError(BridgeError):
-    """A record in the middle of the log fails its checksum: the disk or someone else changed it."""
+FILE_MODE = 0o600
+DIRECTORY_MODE = 0o700
+
+
+class CorruptLogError(DamagedFileError):
+    """Part of the log does not read back (a checksum fails, a segment is missing): not a torn tail."""
 
 
 def segment_name(base_offset: int) -> str:
@@ -153,6 +166,17 @@ def decode_meta(body: bytes, at: int) -> tuple[tuple[tuple[str, bytes], ...], by
     return tuple(headers), key, aggregate_type, rule_id
 
 
+def meta_size(body: bytes, at: int) -> int:
+    """The length of the meta section starting at `at`, from its own length fields (struct.error when they
+    do not fit in `body`): a record is well formed when this equals its stated meta length."""
+    key_len, aggregate_len, rule_len, count = _META_HEAD.unpack_from(body, at)
+    lengths_layout = _length_layouts.get(count) or struct.Struct(f"<{count}B{count}I")
+    lengths = lengths_layout.unpack_from(body, at + _META_HEAD.size)
+    if key_len < -1:
+        raise struct.error("negative key length")
+    return _META_HEAD.size + lengths_layout.size + max(key_len, 0) + aggregate_len + rule_len + sum(lengths)
+
+
 def body_id_and_sequence(body: bytes) -> tuple[str, str | None]:
     """The two fields deduplication needs, without parsing the rest."""
     _, id_len, seq_len, _ = PREFIX.unpack_from(body)
@@ -203,14 +227,26 @@ class FrameScanner:
         self.status = "partial" if buffer else "end"
 
 
-def open_segment(path: Path) -> Any:
-    """Open a segment for reading and check its header; returns the file (positioned after it)."""
+def open_segment(path: Path, base_offset: int | None = None) -> Any:
+    """Open a segment for reading and check its header (and base offset, if given); returns the file
+    (positioned after the header)."""
     file = open(path, "rb")  # noqa: SIM115 (the caller owns it)
     header = file.read(SEGMENT_HEADER.size)
+    problem = None
     if len(header) < SEGMENT_HEADER.size or SEGMENT_HEADER.unpack(header)[0] != MAGIC:
+        problem = "it does not start with a cdc-bridge segment header"
+    elif base_offset is not None and (written := SEGMENT_HEADER.unpack(header)[1]) != base_offset:
+        problem = f"its name says it starts at offset {base_offset}, its header says it starts at offset {written}"
+    if problem is not None:
         file.close()
-        raise CorruptLogError(f"{path} is not a cdc-bridge event log segment (bad header)")
+        raise CorruptLogError(f"event log damaged: {path}: {problem}; nothing was cut. Restore the segment "
+                              f"from a backup (`cdc-bridge log verify --log {log_root(path)}` checks the whole log)")
     return file
+
+
+def log_root(segment: Path) -> Path:
+    """The directory to give `cdc-bridge log verify --log` for this segment."""
+    return segment.parent.parent if segment.parent.name in (EVENTS, DEAD_LETTERS) else segment.parent
 
 
 @dataclass(slots=True)
@@ -269,7 +305,7 @@ def load_summary(segment: Path, base_offset: int) -> SegmentSummary | None:
 def scan_segment(segment: Path, base_offset: int, ids: set[Any] | None = None) -> tuple[SegmentSummary, str]:
     """Summarise a segment by reading it (and collect id keys into `ids`); returns (summary, status)."""
     summary = SegmentSummary(base_offset)
-    with open_segment(segment) as file:
+    with open_segment(segment, base_offset) as file:
         scanner = FrameScanner(file, SEGMENT_HEADER.size)
         for position, body in scanner:
             record_id, sequence = body_id_and_sequence(body)
@@ -302,7 +338,7 @@ def create_segment(log_dir: Path, base_offset: int) -> Path:
     """A new, empty segment; it appears under its name only complete (header written and synced)."""
     path = log_dir / segment_name(base_offset)
     temporary = path.with_name(path.name + ".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     try:
         os.write(fd, segment_header(base_offset))
         os.fsync(fd)
@@ -317,8 +353,23 @@ def write_summary(segment: Path, summary: SegmentSummary) -> None:
     # A cache: rebuilt from the segment if lost or stale, so it needs no fsync of its own.
     target = summary_path(segment)
     temporary = target.with_name(target.name + ".tmp")
-    temporary.write_text(summary.to_json())
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    with os.fdopen(fd, "w") as file:
+        file.write(summary.to_json())
     os.replace(temporary, target)
+
+
+def make_private_dir(directory: Path) -> bool:
+    """Create `directory` (and missing parents) owner-only; True if it was created (then its parent is
+    synced, so the new entry survives a crash). An existing directory keeps its mode: the operator's choice."""
+    if directory.is_dir():
+        return False
+    missing = [directory, *(parent for parent in directory.parents if not parent.exists())]
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another process made it meanwhile
+            path.mkdir(mode=DIRECTORY_MODE)
+    fsync_dir(directory.parent)
+    return True
 
 
 def fsync_dir(directory: Path) -> None:
@@ -345,7 +396,7 @@ def dead_letter_sequence(record: dict[str, Any]) -> str | None:
 def acquire_writer_lock(directory: Path) -> int:
     """Take the log's exclusive writer lock (released when the process ends, even by kill -9)."""
     path = directory / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

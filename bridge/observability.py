@@ -1,4 +1,7 @@
-"""Structured logging: one JSON object per line, with the context fields a log call passes in `extra`."""
+"""Structured logging: one JSON object per line, with the context fields a log call passes in `extra`.
+
+Every line has the known secrets blanked out (bridge.redact.scrub): libraries log addresses as given.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,8 @@ import json
 import logging
 import sys
 from datetime import datetime, timezone
+
+from bridge.redact import scrub
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is context.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
@@ -22,13 +27,13 @@ class JsonFormatter(logging.Formatter):
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return scrub(json.dumps(entry, default=str, ensure_ascii=False))
 
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         context = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in _STANDARD)
-        return f"{record.levelname:<7} {record.name}: {record.getMessage()}" + (f"  {context}" if context else "")
+        return scrub(f"{record.levelname:<7} {record.name}: {record.getMessage()}" + (f"  {context}" if context else ""))
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:

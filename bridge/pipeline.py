@@ -4,6 +4,8 @@ A unit of work (one legacy transaction) is done when the sink has acknowledged e
 letter derived from it; only done units let the source move its position. The prior-row store is
 flushed before every source commit, so a replay never finds the store behind the source.
 Nothing is dropped silently: each change is published, dead-lettered, or the pipeline stops with a reason.
+An event (or dead letter) larger than the sink takes is replaced by a bounded dead letter in the same
+unit, so one oversized row cannot stop the stream at every restart.
 """
 
 from __future__ import annotations
@@ -16,10 +18,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.errors import BridgeError, DeliveryError
+from bridge.changes import RowChange
+from bridge.errors import BridgeError, ConfigurationError, DeliveryError, RecordTooLarge
+from bridge.events import DomainEvent
 from bridge.mapping.translate import translate
 from bridge.ports import ChangeSource, EventSink, ReplaysFromFloor, SourceUnit
-from bridge.sinks.dead_letters import dead_letter_for_change, dead_letter_for_record
+from bridge.sinks.dead_letters import (
+    dead_letter_for_change,
+    dead_letter_for_oversized_event,
+    dead_letter_for_record,
+    shrink_dead_letter,
+)
 from bridge.state import PriorRowStore
 
 log = logging.getLogger("bridge.pipeline")
@@ -35,6 +44,19 @@ PRIOR_ROWS_PRUNE_BATCH = 200
 
 class PipelineStopped(BridgeError):
     """A change could not be handled and its policy is `stop`: nothing after it was acknowledged."""
+
+
+class DeadLetterTooLarge(ConfigurationError):
+    """Even a dead letter cut to its coordinates is larger than the sink takes: its limit is set too low."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Letter:
+    """A dead letter in flight, kept until acknowledged in case the sink refuses it as too large."""
+
+    record: dict[str, Any]
+    key: bytes | None
+    bounded: bool = False  # already cut down: refused again, there is nothing left to cut
 
 
 @dataclass
@@ -58,7 +80,7 @@ class Pipeline:
     def __init__(self, source: ChangeSource, sink: EventSink, mappings: Any, *, source_id: str,
                  prior_rows: PriorRowStore | None, max_in_flight_events: int = 20000,
                  commit_interval_s: float = 1.0, on_error: str | None = None,
-                 stats: PipelineStats | None = None) -> None:
+                 stats: PipelineStats | None = None, metrics: Any | None = None) -> None:
         self.source = source
         self.sink = sink
         self.mappings = mappings
@@ -68,6 +90,7 @@ class Pipeline:
         self.commit_interval_s = commit_interval_s
         self.on_error_override = on_error
         self.stats = PipelineStats() if stats is None else stats  # given: a caller watches it from another thread
+        self.metrics = metrics  # bridge/metrics.py's PipelineMetrics, or None: told per transaction and loop turn
         self._completions: queue.SimpleQueue[tuple[int, Exception | None]] = queue.SimpleQueue()
         self._waiting: dict[int, list[Any]] = {}  # unit id -> [unit, deliveries outstanding]
         self._in_flight = 0
@@ -86,6 +109,8 @@ class Pipeline:
                 self._collect(block=False)
                 while self._in_flight >= self.max_in_flight:
                     self._collect(block=True, timeout_s=1.0)
+                    if self.metrics is not None:
+                        self.metrics.turn(time.monotonic(), self._in_flight)
                 units = self.source.poll(0.2)
                 for unit in units:
                     self._handle(unit)
@@ -96,6 +121,8 @@ class Pipeline:
                     self.stats.last_activity = now
                 if working or self._in_flight or self.source.pending():
                     last_activity = now
+                if self.metrics is not None:
+                    self.metrics.turn(now, self._in_flight)
                 if now - last_commit >= self.commit_interval_s:
                     self._checkpoint()
                     last_commit = now
@@ -125,6 +152,8 @@ class Pipeline:
         self.stats.changes += len(transaction.changes)
         self.stats.unmatched.update(result.unmatched)
         self.stats.ignored.update(result.ignored)
+        if self.metrics is not None:
+            self.metrics.transaction(transaction, result, unit.heartbeat)
         letters = []
         for letter in result.dead_letters:
             if self._policy(letter) == "stop":
@@ -139,30 +168,101 @@ class Pipeline:
             self.prior_rows.record(transaction)
             if self.prior_rows.buffered >= PRIOR_ROWS_FLUSH_BATCH:
                 self.prior_rows.flush()  # ahead of the source is safe: entries carry their positions
+        letters.extend(self._undecodable_rows(unit))
         deliveries = len(result.events) + len(letters)
         if deliveries == 0:
             self.source.done(unit)
             return
         unit_id = self._track(unit, deliveries)
-        callback = self._callback(unit_id)
+        self.stats.events += len(result.events)
+        self.stats.dead_letters += len(letters)
         for event in result.events:
             log.debug("event", extra={"event_id": event.id, "type": event.type, "rule": event.rule_id,
                                       "position": str(event.position)})
-            self.sink.publish(event, callback)
+            self.sink.publish(event, self._callback(unit_id, event))
         for record, key in letters:
-            self.sink.publish_dead_letter(record, key, callback)
-        self.stats.events += len(result.events)
-        self.stats.dead_letters += len(letters)
+            self._publish_letter(unit_id, _Letter(record, key))
+
+    def _undecodable_rows(self, unit: SourceUnit) -> list[tuple[dict[str, Any], bytes | None]]:
+        """Dead letters for the rows of `unit`'s transaction that could not be decoded: they belong to it,
+        so their offsets are committed with it, in commit order, and never block it."""
+        if not unit.dead_lettered:
+            return []
+        transaction = unit.transaction
+        assert transaction is not None
+        first = unit.dead_lettered[0]
+        if (self.on_error_override or "dead_letter") == "stop":
+            raise PipelineStopped(f"{first.error}. Policy is 'stop': nothing from transaction xid {transaction.xid} "
+                                  "on was acknowledged.")
+        context = {"xid": transaction.xid, "commit_lsn": transaction.commit_lsn, "incomplete": True}
+        if self.metrics is not None:
+            self.metrics.undecodable(len(unit.dead_lettered))
+        log.warning("transaction incomplete: undecodable rows dead-lettered, the rest translated", extra={
+            "xid": transaction.xid, "dead_lettered": [row.where for row in unit.dead_lettered],
+            "error": str(first.error)})
+        return [dead_letter_for_record(row.raw, row.error, self.source_id,
+                                       transaction={**context, "total_order": row.total_order})
+                for row in unit.dead_lettered]
 
     def _handle_undecodable(self, unit: SourceUnit) -> None:
         assert unit.error is not None
         if (self.on_error_override or "dead_letter") == "stop":
             raise PipelineStopped(f"{unit.error}. Policy is 'stop': nothing after this record was acknowledged.")
-        log.warning("undecodable change dead-lettered", extra={"error": str(unit.error), **unit.raw})
+        kind = getattr(unit.error, "dead_letter_kind", "undecodable")
+        log.warning(f"{kind.replace('_', ' ')} change dead-lettered", extra={"error": str(unit.error),
+                                                                            **_where(unit.raw)})
+        if self.metrics is not None:
+            self.metrics.undecodable()
         record, key = dead_letter_for_record(unit.raw, unit.error, self.source_id)
         unit_id = self._track(unit, 1)
-        self.sink.publish_dead_letter(record, key, self._callback(unit_id))
         self.stats.dead_letters += 1
+        self._publish_letter(unit_id, _Letter(record, key))
+
+    def _publish_letter(self, unit_id: int, letter: _Letter) -> None:
+        self.sink.publish_dead_letter(letter.record, letter.key, self._callback(unit_id, letter))
+
+    def _replace_too_large(self, unit_id: int, subject: DomainEvent | _Letter, too_large: RecordTooLarge) -> None:
+        """The sink refused one record of a unit as too large: publish a bounded dead letter in its place
+        (the unit still waits for one delivery), or stop when even that was refused."""
+        if isinstance(subject, DomainEvent):
+            change = self._change_at(unit_id, subject)
+            if self._rule_policy(subject.rule_id) == "stop":
+                raise PipelineStopped(
+                    f"event {subject.id} ({subject.type}) of rule {subject.rule_id!r} at {subject.position} is "
+                    f"{too_large}. Policy is 'stop': nothing after this change was acknowledged; raise the limit "
+                    "(sink.max_message_bytes and the topic's max.message.bytes) or change the rule.")
+            log.warning("event too large for the sink: dead-lettered", extra={
+                "event_id": subject.id, "type": subject.type, "rule": subject.rule_id,
+                "table": change.qualified_table if change else None, "position": str(subject.position),
+                "size": too_large.size, "limit": too_large.limit})
+            record, key = dead_letter_for_oversized_event(subject, change, too_large, self.source_id)
+            if self.metrics is not None:
+                self.metrics.too_large(subject.rule_id)
+            self.stats.events -= 1
+            self.stats.dead_letters += 1
+        elif not subject.bounded:
+            log.warning("dead letter too large for the sink: cut to its coordinates", extra={
+                "kind": subject.record.get("kind"), "rule": subject.record.get("rule"),
+                "size": too_large.size, "limit": too_large.limit})
+            record, key = shrink_dead_letter(subject.record, subject.key, too_large)
+        else:
+            raise DeadLetterTooLarge(
+                f"a dead letter cut to its coordinates ({subject.record.get('kind')}, rule "
+                f"{subject.record.get('rule')}, {_coordinates(subject.record)}) is still {too_large}: that limit "
+                "is too low for any dead letter. Raise sink.max_message_bytes or the dead-letter topic's "
+                "max.message.bytes; nothing after this change was acknowledged.")
+        self._publish_letter(unit_id, _Letter(record, key, bounded=True))
+
+    def _change_at(self, unit_id: int, event: DomainEvent) -> RowChange | None:
+        transaction = self._waiting[unit_id][0].transaction
+        changes = transaction.changes if transaction is not None else ()
+        return next((change for change in changes if change.position == event.position), None)
+
+    def _rule_policy(self, rule_id: str) -> str:
+        if self.on_error_override:
+            return self.on_error_override
+        return next((rule.on_error for rule in getattr(self.mappings, "rules", ()) if rule.id == rule_id),
+                    "dead_letter")
 
     def _policy(self, letter: Any) -> str:
         return self.on_error_override or getattr(letter, "on_error", "dead_letter")
@@ -173,18 +273,21 @@ class Pipeline:
         self._in_flight += deliveries
         return self._next_id
 
-    def _callback(self, unit_id: int):  # noqa: ANN202 (a closure handed to the sink's I/O thread)
+    def _callback(self, unit_id: int, subject: DomainEvent | _Letter):  # noqa: ANN202 (runs on the sink's I/O thread)
         put = self._completions.put
-        return lambda error: put((unit_id, error))
+        return lambda error: put((unit_id, subject, error))
 
     def _collect(self, *, block: bool, timeout_s: float = 0.0) -> None:
         """Apply delivery results; a failed delivery stops the pipeline (the change will be read again)."""
         while True:
             try:
-                unit_id, error = self._completions.get(block=block, timeout=timeout_s if block else None)
+                unit_id, subject, error = self._completions.get(block=block, timeout=timeout_s if block else None)
             except queue.Empty:
                 return
             block = False
+            if isinstance(error, RecordTooLarge) and unit_id in self._waiting:
+                self._replace_too_large(unit_id, subject, error)
+                continue
             if error is not None:
                 raise error if isinstance(error, DeliveryError) else DeliveryError(str(error))
             entry = self._waiting[unit_id]
@@ -194,6 +297,8 @@ class Pipeline:
             if entry[1] == 0:
                 del self._waiting[unit_id]
                 self.source.done(entry[0])
+                if self.metrics is not None:
+                    self.metrics.published(entry[0])
                 self.stats.last_activity = time.monotonic()
 
     def _checkpoint(self) -> None:
@@ -225,3 +330,18 @@ class Pipeline:
             raise DeliveryError(f"{self._in_flight} event(s) still unacknowledged after {timeout_s:.0f}s; "
                                 "their changes will be read again on restart")
         self._checkpoint()
+
+
+def _where(raw: dict[str, Any]) -> dict[str, Any]:
+    """What a log line says about an undecodable record: where it is, never its (maybe huge) content."""
+    return {name: value for name, value in raw.items() if isinstance(value, (int, float, bool)) or value is None
+            or (isinstance(value, str) and len(value) <= 200 and name not in ("key", "value", "error"))}
+
+
+def _coordinates(record: dict[str, Any]) -> str:
+    change, raw = record.get("change"), record.get("record")
+    if isinstance(change, dict):
+        return f"table {change.get('table')} at {change.get('position')}"
+    if isinstance(raw, dict):
+        return f"topic {raw.get('topic')} partition {raw.get('partition')} offset {raw.get('offset')}"
+    return "no coordinates"

@@ -2,7 +2,8 @@
 
 A source hands out units of work in commit order and is told when each is done; only then may it
 acknowledge the position (commit Kafka offsets, advance a replication slot). A sink publishes
-asynchronously and reports each delivery through a callback, which may run on another thread.
+asynchronously and reports each delivery through a callback, which may run on another thread; a
+record over its per-record maximum is reported there as RecordTooLarge.
 """
 
 from __future__ import annotations
@@ -16,6 +17,17 @@ from bridge.errors import ChangeError
 from bridge.events import DomainEvent
 
 
+@dataclass(frozen=True, slots=True)
+class UndecodableRow:
+    """A row of a transaction that could not be decoded: dead-lettered as part of that transaction's unit,
+    so the transaction still completes (incomplete) and the row's position moves on with it."""
+
+    where: str  # "topic/partition/offset"
+    error: ChangeError
+    raw: dict[str, Any]  # the original record, for its dead letter
+    total_order: int  # its place in the transaction
+
+
 @dataclass(slots=True)
 class SourceUnit:
     """One thing to handle: a complete transaction, or a record that could not be decoded."""
@@ -27,6 +39,13 @@ class SourceUnit:
     heartbeat: bool = False  # the source's own keep-alive: acknowledged like any unit, but not activity
     # rule id -> why it must not translate this unit (the table changed under it): its changes are dead-lettered
     stopped_rules: Mapping[str, str] = field(default_factory=dict)
+    # Rows of `transaction` that could not be decoded: it is incomplete, translated without them, and
+    # their dead letters are part of this unit.
+    dead_lettered: tuple[UndecodableRow, ...] = ()
+
+    @property
+    def incomplete(self) -> bool:
+        return bool(self.dead_lettered)
 
 
 class ChangeSource(Protocol):
@@ -60,6 +79,9 @@ class EventSink(Protocol):
     def publish(self, event: DomainEvent, on_delivery: DeliveryCallback) -> None: ...
 
     def publish_dead_letter(self, record: dict[str, Any], key: bytes | None, on_delivery: DeliveryCallback) -> None: ...
+
+    # Both publish methods report a record larger than the sink takes as RecordTooLarge through
+    # `on_delivery`, before sending anything: the pipeline then publishes a bounded dead letter instead.
 
     def flush(self, timeout_s: float) -> None: ...
 

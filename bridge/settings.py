@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bridge.errors import ConfigurationError
+from bridge.redact import dsn_problem, note_secrets_in
 
 
 class _Section(BaseModel):
@@ -26,6 +27,7 @@ class DebeziumSource(_Section):
 
     kind: Literal["debezium"] = "debezium"
     bootstrap_servers: str = "127.0.0.1:9092"
+    bootstrap_timeout_s: float = Field(30.0, gt=0, description="how long to wait at start for a broker to answer")
     topic_prefix: str = Field("legacy", description="the connector's topic.prefix")
     schema_name: str = "public"
     replica_identity_full: list[str] = Field(
@@ -45,6 +47,10 @@ class DebeziumSource(_Section):
     transaction_wait_s: float = Field(
         60.0, gt=0, description="how long transactions may wait with none completing before the bridge stops")
     poll_max_records: int = Field(2000, gt=0)
+    skip_transactions: list[int] = Field(
+        default_factory=list,
+        description="xids of transactions to move past without translating them (their rows are dead-lettered): "
+                    "for transactions a stall message names whose missing rows will never come")
 
 
     def resolved_transaction_topic(self) -> str:
@@ -77,10 +83,19 @@ class PgOutputSource(_Section):
         None, description="where the position acknowledged to the slot is kept, so transactions a restarted "
                           "server resends are not published twice; default: beside state.path")
 
+    @field_validator("dsn")
+    @classmethod
+    def _parseable(cls, value: str) -> str:
+        # Here, not at the first connect: libpq's own message for an unparseable string quotes it, password too.
+        if problem := dsn_problem(value):
+            raise ValueError(problem)
+        return value
+
 
 class KafkaSink(_Section):
     kind: Literal["kafka"] = "kafka"
     bootstrap_servers: str = "127.0.0.1:9092"
+    bootstrap_timeout_s: float = Field(30.0, gt=0, description="how long to wait at start for a broker to answer")
     topic_template: str = Field("{namespace}.{aggregate_type}", description="topic per aggregate type")
     topics: dict[str, str] = Field(default_factory=dict, description="aggregate type -> topic, overrides the template")
     dead_letter_topic: str = "cdc-bridge.dead-letters"
@@ -90,6 +105,10 @@ class KafkaSink(_Section):
     linger_ms: int = 5
     compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] | None = None
     delivery_timeout_s: float = Field(120.0, gt=0)
+    max_message_bytes: int = Field(
+        1024 * 1024, ge=16 * 1024,
+        description="the largest record sent (the smaller of this and the topics' max.message.bytes counts); a "
+                    "larger event or dead letter becomes a bounded dead letter")
 
     def topic_for(self, namespace: str, aggregate_type: str) -> str:
         return self.topics.get(aggregate_type) or self.topic_template.format(
@@ -132,6 +151,17 @@ class PipelineSettings(_Section):
     on_error: Literal["dead_letter", "stop"] | None = Field(None, description="overrides every mapping's policy")
 
 
+class MetricsSettings(_Section):
+    """Prometheus metrics, /healthz and /readyz on one HTTP port (bridge/metrics.py)."""
+
+    port: int | None = Field(None, ge=0, le=65535, description="null: off; 0: any free port (logged at start)")
+    host: str = Field("127.0.0.1", description="the address to listen on; 0.0.0.0 exposes it beyond this host")
+    stall_after_s: float = Field(
+        60.0, gt=0, description="/healthz fails when the loop has not turned this long, /readyz when work waits "
+                                "without progress this long")
+    lag_interval_s: float = Field(5.0, gt=0, description="how often the slot or consumer lag is measured")
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
@@ -148,6 +178,7 @@ class Settings(BaseSettings):
     sink: SinkSettings = Field(default_factory=KafkaSink)
     state: StateSettings = Field(default_factory=StateSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @field_validator("source_id")
@@ -172,21 +203,36 @@ def load_settings(config_file: Path | None) -> Settings:
     data: dict[str, Any] = {}
     if config_file is not None:
         try:
-            loaded = yaml.safe_load(config_file.read_text())
+            text = config_file.read_text()
         except FileNotFoundError:
             raise ConfigurationError(f"config file {config_file} does not exist") from None
+        note_secrets_in(text)  # before parsing: a file that does not parse may still hold a DSN
+        try:
+            loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigurationError(f"{config_file}: not valid YAML: {' '.join(str(exc).split())}") from exc
+            raise ConfigurationError(f"{config_file}: not valid YAML: {_yaml_problem(exc)}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigurationError(f"{config_file}: expected a mapping of settings at the top level")
+        note_secrets_in(loaded)
         data = _resolve_paths(loaded or {}, config_file.parent)
     try:
-        return Settings(**data)
+        settings = Settings(**data)
     except ValidationError as exc:
         where = str(config_file) if config_file else "settings"
         problems = "; ".join(f"{_setting_name(error['loc'])}: {error['msg']}" for error in exc.errors())
         raise ConfigurationError(
-            f"{where}: {problems} (environment variables BRIDGE_<SECTION>__<FIELD> override the file)") from exc
+            f"{where}: {problems} (environment variables BRIDGE_<SECTION>__<FIELD> override the file)") from None
+    note_secrets_in(settings)
+    return settings
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what, without PyYAML's quote of the offending line: that line may hold a password."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        context = f"{exc.context}, " if exc.context else ""
+        return f"{context}{exc.problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return type(exc).__name__
 
 
 _VARIANTS = {"debezium", "pgoutput", "kafka", "locallog"}

@@ -8,30 +8,44 @@ their source position, so the old row of a change at position P is the newest en
 Entries newer than the last committed source position are kept as history, not overwritten: after a
 crash the source replays from its committed position, and each replayed change must see the row as it
 was before that change, not as a later change left it. `prune` drops history nobody can replay.
+
+The file holds customers' personal data: it and its -wal/-shm files are owner-only (0600), and so are the
+directories created for it (0700). Rows are stored as tagged JSON (bridge.rowcodec), never as pickles, so
+the file holds data that cannot run; `PRAGMA user_version` marks that format (stores of older versions,
+pickled, are converted once at open by bridge.state_upgrade).
 """
 
 from __future__ import annotations
 
 import json
-import pickle
+import logging
 import sqlite3
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from bridge.changes import UNKNOWN, Op, RowChange, SourcePosition, Transaction
+from bridge.errors import ConfigurationError
+from bridge.private_files import make_private_directories, make_private_file, restrict_file
+from bridge.rowcodec import decode_row, encode_storable
+from bridge.state_upgrade import convert_pickled_store, damaged_row
+
+#: The store's format, in PRAGMA user_version: 2 = rows as tagged JSON; 0 (unmarked) = pickled rows.
+FORMAT_VERSION = 2
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS prior_rows (
+CREATE TABLE IF NOT EXISTS {table} (
     tbl        TEXT    NOT NULL,
     row_key    TEXT    NOT NULL,
     commit_lsn INTEGER NOT NULL,
     change_lsn INTEGER NOT NULL,
     seq        INTEGER NOT NULL,
-    row        BLOB,               -- pickled dict; NULL once the row was deleted
+    row        TEXT,               -- the row as tagged JSON (bridge.rowcodec); NULL once the row was deleted
     PRIMARY KEY (tbl, row_key, commit_lsn, change_lsn, seq)
 ) WITHOUT ROWID;
 """
+
+log = logging.getLogger("bridge.state")
 
 
 def _key_text(key: Mapping[str, Any] | None) -> str | None:
@@ -44,14 +58,11 @@ class PriorRowStore:
     """SQLite-backed; writes are buffered per batch and flushed in one transaction."""
 
     def __init__(self, path: Path, tables: Iterable[str] | None = None) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._path = path
+        self._db = _open(path)
         self._tables = set(tables) if tables is not None else None  # None: keep every table
-        # Unflushed writes, newest last per key; read before the database.
-        self._buffer: dict[tuple[str, str], list[tuple[SourcePosition, dict[str, Any] | None]]] = {}
+        # Unflushed writes, newest last per key, with their JSON text; read before the database.
+        self._buffer: dict[tuple[str, str], list[tuple[SourcePosition, Mapping[str, Any] | None, str | None]]] = {}
         self._buffered = 0
         self._touched: set[tuple[str, str]] = set()
         # Keys whose history at or before a committed position may go, pruned a slice at a time.
@@ -68,7 +79,7 @@ class PriorRowStore:
             return None
         entries = self._buffer.get((change.table, key))
         if entries:
-            for position, row in reversed(entries):
+            for position, row, _ in reversed(entries):
                 if position < change.position:
                     return row
         p = change.position
@@ -77,7 +88,15 @@ class PriorRowStore:
             "ORDER BY commit_lsn DESC, change_lsn DESC, seq DESC LIMIT 1",
             (change.table, key, p.commit_lsn, p.change_lsn, p.seq),
         ).fetchone()
-        return pickle.loads(found[0]) if found and found[0] is not None else None
+        return self._decoded(change.table, key, found[0]) if found and found[0] is not None else None
+
+    def _decoded(self, table: str, key: str, text: Any) -> dict[str, Any]:
+        if type(text) is not str:  # never unpickled: this format stores text only
+            raise damaged_row(self._path, table, key, f"it is a {type(text).__name__}, not the JSON text of a row")
+        try:
+            return decode_row(text)
+        except (ValueError, TypeError, ArithmeticError, RecursionError) as exc:
+            raise damaged_row(self._path, table, key, f"{type(exc).__name__}: {exc}") from None
 
     def record(self, transaction: Transaction) -> None:
         """Remember the after-image of every change (deletes as gone), filling unknown TOAST values."""
@@ -96,7 +115,16 @@ class PriorRowStore:
             self._put(change.table, key, change.position, row)
 
     def _put(self, table: str, key: str, position: SourcePosition, row: dict[str, Any] | None) -> None:
-        self._buffer.setdefault((table, key), []).append((position, row))
+        # Encoded now, not at flush: a value the store cannot keep exactly is unknown from the start, so a
+        # change translates the same whether its old row comes from the buffer or, after a crash, the file.
+        text = None
+        if row is not None:
+            text, row, problems = encode_storable(row)
+            for problem in problems:
+                log.warning("prior-row store: a value cannot be kept exactly and is stored as unknown; a rule "
+                            "that needs it as an old value will dead-letter that change",
+                            extra={"table": table, "key": key, "position": str(position), "problem": str(problem)})
+        self._buffer.setdefault((table, key), []).append((position, row, text))
         self._buffered += 1
 
     @property
@@ -108,9 +136,9 @@ class PriorRowStore:
         if not self._buffer:
             return
         rows = [
-            (table, key, p.commit_lsn, p.change_lsn, p.seq, None if row is None else pickle.dumps(row, protocol=5))
+            (table, key, p.commit_lsn, p.change_lsn, p.seq, text)
             for (table, key), entries in self._buffer.items()
-            for p, row in entries
+            for p, _, text in entries
         ]
         self._db.execute("BEGIN")
         self._db.executemany("INSERT OR REPLACE INTO prior_rows VALUES (?, ?, ?, ?, ?, ?)", rows)
@@ -155,3 +183,49 @@ class PriorRowStore:
         self.flush()
         self._db.close()
 
+
+def _open(path: Path) -> sqlite3.Connection:
+    """The store's database, owner-only, in today's format (an old pickled store is converted first)."""
+    try:
+        make_private_directories(path.parent)
+        make_private_file(path)  # before SQLite creates it: SQLite gives -wal and -shm the same mode
+        for companion in (f"{path}-wal", f"{path}-shm"):
+            restrict_file(Path(companion))
+    except OSError as exc:
+        raise ConfigurationError(f"cannot create the prior-row store at {path} (state.path): "
+                                 f"{exc.strerror or exc}; choose a path the bridge's user may write") from None
+    db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        _ensure_format(db, path)
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise ConfigurationError(f"prior-row store {path} cannot be used: {exc}. If it is not a store of "
+                                 "cdc-bridge or is damaged, move it away and rebuild the store") from None
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _ensure_format(db: sqlite3.Connection, path: Path) -> None:
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > FORMAT_VERSION:
+        raise ConfigurationError(f"prior-row store {path} has format {version}, written by a newer cdc-bridge; "
+                                 f"this one reads format {FORMAT_VERSION}: run the newer version, or move the file away "
+                                 "and rebuild the store")
+
+    def create_table(name: str) -> None:
+        db.execute(_SCHEMA.format(table=name))
+
+    exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'prior_rows'").fetchone()
+    if exists and version == 0:  # written before the format mark: pickled rows
+        converted = convert_pickled_store(db, path, create_table, FORMAT_VERSION)
+        log.info("prior-row store converted from pickled rows to JSON",
+                 extra={"path": str(path), "rows": converted, "format": FORMAT_VERSION})
+    elif not exists:
+        db.execute("BEGIN IMMEDIATE")
+        create_table("prior_rows")
+        db.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
+        db.execute("COMMIT")

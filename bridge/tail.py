@@ -2,7 +2,8 @@
 
 One line per event: offset, commit time, event name and version, subject, and the payload as
 `key=value` pairs (nested values as compact JSON, cut short). `--json` prints one JSON object per line
-instead, for scripts. Ctrl-C stops it quietly.
+instead, for scripts. Ctrl-C stops it quietly. A damaged log (not a torn tail: see bridge/logdamage.py)
+stops it with exit code 2 and one line naming the file, byte and offset, after the events before the damage.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from importlib import resources
 
 import click
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
@@ -89,10 +90,20 @@ def apply_migrations(dsn: str) -> list[str]:
     return applied_now
 
 
+def require_parseable_dsn(dsn: str) -> None:
+    """Refuse a DSN libpq cannot parse without showing libpq's reason: it quotes the string, password too."""
+    try:
+        conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        raise click.BadParameter("not a PostgreSQL connection string (expected postgresql://user:password@host:"
+                                 "port/database or key=value pairs)", param_hint="'--dsn'") from None
+
+
 @click.command()
 @click.option("--dsn", required=True, help="PostgreSQL connection string of the legacy database.")
 def main(dsn: str) -> None:
     """Bring the legacy restaurant schema up to date."""
+    require_parseable_dsn(dsn)
     try:
         applied = apply_migrations(dsn)
     except (MigrationError, psycopg.OperationalError) as exc:

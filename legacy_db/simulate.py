@@ -201,6 +201,9 @@ def main(
     totals_only: bool,
 ) -> None:
     """Write legacy-app traffic to the restaurant database. Without --count or --duration, runs until Ctrl-C."""
+    from legacy_db.migrate import require_parseable_dsn
+
+    require_parseable_dsn(dsn)
     try:
         if migrate:
             from legacy_db.migrate import MigrationError, apply_migrations

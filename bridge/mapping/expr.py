@@ -12,6 +12,10 @@ Money stays exact: decimal literals (``1.10``) are ``Decimal``, ``/`` on integer
 decimally, and decimal arithmetic runs in one fixed context rather than the thread's (which anyone may
 change), so the same change always yields the same bytes.
 
+Results are bounded (see :mod:`bridge.mapping.values`), and what the text alone shows would exceed the
+bounds is refused at load: powers of powers (``(x ** 64) ** 64`` is x ** 4096: more than 256 bits for any
+integer above 1), and constant parts, which are computed once at load to find out.
+
 At run time a closure raises :class:`EvalError` (or :class:`UnknownValue` for an unchanged TOAST value);
 the translator turns it into a ``TranslationError`` naming the rule and the field. What values do at run
 time (those errors, field reads, the operators) is in :mod:`bridge.mapping.values`; the functions are in
@@ -21,6 +25,7 @@ time (those errors, field reads, the operators) is in :mod:`bridge.mapping.value
 from __future__ import annotations
 
 import ast
+import decimal
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,8 +38,11 @@ from bridge.mapping.values import (
     BINARY_OPERATORS,
     COMPARISONS,
     DECIMAL_CONTEXT,
+    MAX_INT_BITS,
     EvalError,
+    ResultTooLarge,
     UnknownValue,
+    int_power,
     read_field,
     type_name,
 )
@@ -163,7 +171,23 @@ class _Compiler:
             raise ExprError(_FORBIDDEN.get(type(node)) or f"{type(node).__name__} is not allowed in mapping "
                             "expressions (allowed: literals, names, .field, [index], comparisons, and/or/not, "
                             "arithmetic, in, x if c else y, and the listed functions)")
-        return handler(self, node, depth + 1)
+        getter = handler(self, node, depth + 1)
+        if not isinstance(node, ast.Constant) and _is_constant(node):
+            self.probe(node, getter)
+        return getter
+
+    def probe(self, node: ast.AST, getter: Getter) -> None:
+        """Compute a part that reads no name once, now: if it is too large for any change, say so at load.
+        Other failures stay run-time errors of the field (the part may sit in a branch never taken)."""
+        try:
+            getter(None)
+        except ResultTooLarge as exc:
+            text, message = self.text(node), str(exc)
+            where = "" if message.startswith(f"'{text}'") else f"'{text}': "
+            raise ExprError(f"{where}{message}, whatever the change (this part reads no column: computed at "
+                            "load)") from None
+        except Exception:  # noqa: BLE001 - reported when a change evaluates it
+            pass
 
     def text(self, node: ast.AST) -> str:
         return ast.get_source_segment(self.source, node) or ast.unparse(node)
@@ -284,6 +308,8 @@ class _Compiler:
     def binop(self, node: ast.BinOp, depth: int) -> Getter:
         if isinstance(node.op, ast.Pow):
             return self.power(node, depth)
+        if isinstance(node.op, ast.Mult):
+            self.check_degree(node)
         op = BINARY_OPERATORS.get(type(node.op))
         if op is None:
             raise ExprError(f"operator {type(node.op).__name__} is not allowed (allowed: + - * / // % ** & |)")
@@ -296,16 +322,30 @@ class _Compiler:
                 and 0 <= exponent.value <= MAX_EXPONENT):
             raise ExprError(f"the exponent of ** must be an integer literal from 0 to {MAX_EXPONENT}, "
                             f"not '{self.text(exponent)}'")
-        base, n = self.compile(node.left, depth), exponent.value
+        self.check_degree(node)
+        base, n, text = self.compile(node.left, depth), exponent.value, self.text(node)
 
         def power(scope: Any) -> Any:
             value = base(scope)
             if type(value) is int:
-                return value**n
+                return int_power(value, n, f"'{text}'")
             if type(value) is Decimal:
-                return DECIMAL_CONTEXT.power(value, n)
+                try:
+                    return DECIMAL_CONTEXT.power(value, n)
+                except decimal.Overflow:
+                    raise ResultTooLarge(f"'{text}': the result is too large (decimals go up to "
+                                         f"1E+{DECIMAL_CONTEXT.Emax})") from None
+                except ArithmeticError as exc:
+                    raise EvalError(f"'{text}': {type(exc).__name__}") from None
             raise EvalError(f"cannot raise a {type_name(value)} to a power")
         return power
+
+    def check_degree(self, node: ast.AST) -> None:
+        degree = _degree(node)
+        if degree > MAX_INT_BITS:
+            raise ExprError(f"'{self.text(node)}' raises to the power {degree} (exponents of nested ** multiply, "
+                            f"factors add): any integer above 1 would exceed {MAX_INT_BITS} bits; at most "
+                            f"{MAX_INT_BITS}")
 
     def ifexp(self, node: ast.IfExp, depth: int) -> Getter:
         test, body, orelse = (self.compile(n, depth) for n in (node.test, node.body, node.orelse))
@@ -372,6 +412,28 @@ class _Compiler:
 
 def _is_none(node: ast.AST) -> bool:
     return isinstance(node, ast.Constant) and node.value is None
+
+
+def _is_constant(node: ast.AST) -> bool:
+    """Whether `node` reads no name (a function's name is not a read)."""
+    functions = {id(n.func) for n in ast.walk(node) if isinstance(n, ast.Call)}
+    return not any(isinstance(n, ast.Name) and id(n) not in functions for n in ast.walk(node))
+
+
+def _degree(node: ast.AST) -> int:
+    """The power to which an expression raises its operands: x ** 3 * x ** 2 is 5, (x ** 4) ** 8 is 32."""
+    if isinstance(node, ast.BinOp):
+        if isinstance(node.op, ast.Pow) and isinstance(node.right, ast.Constant) and type(node.right.value) is int:
+            return _degree(node.left) * node.right.value
+        if isinstance(node.op, ast.Mult):
+            return _degree(node.left) + _degree(node.right)
+        if isinstance(node.op, (ast.Add, ast.Sub)):
+            return max(_degree(node.left), _degree(node.right))
+    if isinstance(node, ast.UnaryOp):
+        return _degree(node.operand)
+    if isinstance(node, ast.IfExp):
+        return max(_degree(node.body), _degree(node.orelse))
+    return 1
 
 
 _HANDLERS: dict[type, Callable[[_Compiler, Any, int], Getter]] = {

@@ -18,13 +18,21 @@ from bridge.changes import UNKNOWN
 from bridge.events import to_json_value
 from bridge.mapping.values import (
     DECIMAL_CONTEXT,
+    MAX_INT_BITS,
     EvalError,
+    ResultTooLarge,
     UnknownValue,
+    brief,
+    checked_int,
     numeric_add,
     type_name,
 )
 
 # Pure, total on their documented inputs, and null-propagating where a nullable column is the usual input.
+# Bounded like the operators: what would make an integer beyond MAX_INT_BITS is refused before the work.
+
+_MAX_INT_DIGITS = len(str(2**MAX_INT_BITS))  # decimal digits of the largest integer allowed, and one more
+MAX_ROUND_PLACES = 100  # round(x, places): |places| at most this (far beyond any decimal's 38 digits)
 
 
 def _fn_decimal(value: Any) -> Decimal | None:
@@ -46,14 +54,23 @@ def _fn_int(value: Any) -> int | None:
     if value is None or type(value) is int:
         return value
     if type(value) in (Decimal, float):
-        if value != int(value):
-            raise EvalError(f"int({value!r}): not a whole number; use round() first")
-        return int(value)
-    if type(value) is str:
+        if type(value) is Decimal and value.is_finite() and value.adjusted() >= _MAX_INT_DIGITS:
+            raise ResultTooLarge(f"int({brief(value)}): too large (at most {MAX_INT_BITS} bits)")
         try:
-            return int(value.strip())
+            whole = int(value)
+        except (ValueError, OverflowError):  # NaN, infinity
+            raise EvalError(f"int({brief(value)}): not a whole number") from None
+        if value != whole:
+            raise EvalError(f"int({brief(value)}): not a whole number; use round() first")
+        return checked_int(whole, f"int({brief(value)})")
+    if type(value) is str:
+        text = value.strip()
+        if len(text.lstrip("+-")) > _MAX_INT_DIGITS and text.lstrip("+-").isdigit():
+            raise ResultTooLarge(f"int({brief(value)}): too large (at most {MAX_INT_BITS} bits)")
+        try:
+            return checked_int(int(text), f"int({brief(value)})")
         except ValueError:
-            raise EvalError(f"int({value!r}): not a whole number") from None
+            raise EvalError(f"int({brief(value)}): not a whole number") from None
     raise EvalError(f"int() cannot convert a {type_name(value)}")
 
 
@@ -63,7 +80,10 @@ def _fn_str(value: Any) -> str | None:
     if type(value) is bool:
         return "true" if value else "false"
     if isinstance(value, (int, Decimal, float, UUID)):
-        return str(value)
+        try:
+            return str(value)
+        except ValueError:  # Python refuses to write an int of more than 4300 digits
+            raise ResultTooLarge(f"str({brief(value)}): too large to write as text") from None
     if isinstance(value, (datetime, date, time)):
         return to_json_value(value)  # as events spell time
     raise EvalError(f"str() cannot convert a {type_name(value)}")
@@ -93,15 +113,21 @@ def _text(name: str, convert: Callable[[str], str]) -> Callable[[Any], Any]:
 def _fn_round(value: Any, places: Any = 0) -> Any:
     if type(places) is not int:
         raise EvalError(f"round(): the number of places must be an integer, got {type_name(places)}")
+    if not -MAX_ROUND_PLACES <= places <= MAX_ROUND_PLACES:  # round(1, -10**9) would compute 10**(10**9)
+        raise EvalError(f"round(): places must be from -{MAX_ROUND_PLACES} to {MAX_ROUND_PLACES}, got {brief(places)}")
     if value is None:
         return None
     if type(value) is Decimal:
         try:
             return value.quantize(Decimal(1).scaleb(-places), context=DECIMAL_CONTEXT)
-        except decimal.InvalidOperation:
-            raise EvalError(f"round({value}, {places}): too many digits") from None
+        except ArithmeticError:
+            raise EvalError(f"round({brief(value)}, {places}): too many digits (at most "
+                            f"{DECIMAL_CONTEXT.prec})") from None
     if type(value) in (int, float):
-        return round(value, places)
+        try:
+            return round(value, places)
+        except (ArithmeticError, ValueError) as exc:
+            raise EvalError(f"round({brief(value)}, {places}): {type(exc).__name__}") from None
     raise EvalError(f"round() needs a number, got {type_name(value)}")
 
 

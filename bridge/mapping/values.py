@@ -8,6 +8,11 @@ the field. :func:`read_field` is how ``a.b`` and ``a[b]`` read rows and JSON val
 Money stays exact: ``/`` on integers and decimals divides decimally, and decimal arithmetic runs in one
 fixed context rather than the thread's (which anyone may change), so the same change always yields the
 same bytes.
+
+Sizes are bounded, so a hostile or mistaken mapping cannot burn CPU or memory: an integer result may have
+at most :data:`MAX_INT_BITS` bits (``*`` and ``**`` are checked *before* computing, from the bit lengths),
+a decimal at most the context's 38 digits and exponent, a joined string :data:`MAX_TEXT_LENGTH`
+characters and a joined list :data:`MAX_ITEMS` items; beyond, :class:`ResultTooLarge`.
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ from decimal import Decimal
 from typing import Any
 
 from bridge.changes import UNKNOWN
+
+MAX_INT_BITS = 256  # integer results: about 77 digits, far beyond any id, count or amount in cents
+MAX_TEXT_LENGTH = 2**24  # characters of a string an expression builds (16 Mi: no event is larger)
+MAX_ITEMS = 2**20  # items of a list or tuple an expression builds
 
 #: One context for every decimal operation: precise enough for numeric(38,x), traps instead of NaN/Infinity.
 DECIMAL_CONTEXT = decimal.Context(
@@ -43,8 +52,43 @@ class UnknownValue(EvalError):
         self.where = where
 
 
+class ResultTooLarge(EvalError):
+    """A result would exceed the bounds above; raised before the work, so the expression ends at once."""
+
+
 def type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
+
+
+def brief(value: Any, limit: int = 40) -> str:
+    """A value as a message quotes it: repr, cut short (a huge int's repr is slow, or refused by Python)."""
+    if type(value) is int and value.bit_length() > 4 * limit:
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def checked_int(value: int, what: str) -> int:
+    """`value` if it is within MAX_INT_BITS, else ResultTooLarge naming `what` produced it."""
+    if value.bit_length() > MAX_INT_BITS:
+        raise ResultTooLarge(f"{what}: the result is too large ({value.bit_length()} bits, at most {MAX_INT_BITS})")
+    return value
+
+
+def int_power(base: int, exponent: int, what: str) -> int:
+    """base ** exponent, refused before computing when it cannot fit: its bits are about bits(base) * exponent."""
+    bits = base.bit_length()
+    if bits > 1 and (bits - 1) * exponent >= MAX_INT_BITS:  # at least 2**((bits-1) * exponent)
+        raise ResultTooLarge(f"{what}: the result would be too large (about {bits * exponent} bits, "
+                             f"at most {MAX_INT_BITS})")
+    return checked_int(base**exponent, what)
+
+
+def _int_multiply(a: int, b: int) -> int:
+    if a.bit_length() + b.bit_length() - 1 > MAX_INT_BITS:  # a product has at least this many bits
+        raise ResultTooLarge(f"cannot multiply {brief(a)} and {brief(b)}: the result would be too large "
+                             f"(about {a.bit_length() + b.bit_length()} bits, at most {MAX_INT_BITS})")
+    return a * b
 
 
 def read_field(obj: Any, name: Any, where: str) -> Any:
@@ -88,13 +132,20 @@ def _numeric(verb: str, int_op: Callable[[Any, Any], Any], dec_op: Callable[[Any
         ta, tb = type(a), type(b)
         try:
             if ta is int and tb is int:
-                return int_op(a, b)
+                result = int_op(a, b)
+                if type(result) is int and result.bit_length() > MAX_INT_BITS:  # + and - of inputs near the bound
+                    raise ResultTooLarge(f"cannot {verb} {brief(a)} and {brief(b)}: the result is too large "
+                                         f"({result.bit_length()} bits, at most {MAX_INT_BITS})")
+                return result
             if ta is Decimal or tb is Decimal:
                 return dec_op(_dec(a, verb, b), _dec(b, verb, a))
             if float_op is not None and ta in (int, float) and tb in (int, float):
                 return float_op(a, b)
+        except decimal.Overflow:
+            raise ResultTooLarge(f"cannot {verb} {brief(a)} and {brief(b)}: the result is too large "
+                                 f"(decimals go up to 1E+{DECIMAL_CONTEXT.Emax})") from None
         except (ArithmeticError, ValueError) as exc:
-            raise EvalError(f"cannot {verb} {a!r} and {b!r}: {type(exc).__name__}") from None
+            raise EvalError(f"cannot {verb} {brief(a)} and {brief(b)}: {type(exc).__name__}") from None
         raise EvalError(f"cannot {verb} {type_name(a)} and {type_name(b)}")
 
     return apply
@@ -102,7 +153,11 @@ def _numeric(verb: str, int_op: Callable[[Any, Any], Any], dec_op: Callable[[Any
 
 def _add(a: Any, b: Any) -> Any:
     ta = type(a)
-    if ta is type(b) and ta in (str, list, tuple):  # joining bounded inputs; no repetition, so no blow-up
+    if ta is type(b) and ta in (str, list, tuple):  # no repetition operator, but lets can join a result to itself
+        limit, unit = (MAX_TEXT_LENGTH, "characters") if ta is str else (MAX_ITEMS, "items")
+        if len(a) + len(b) > limit:
+            raise ResultTooLarge(f"cannot join a {ta.__name__} of {len(a)} {unit} and one of {len(b)}: the result "
+                                 f"would be too large (at most {limit} {unit})")
         return a + b
     return numeric_add(a, b)
 
@@ -136,7 +191,7 @@ def _set_op(verb: str, op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], An
 BINARY_OPERATORS: dict[type, Callable[[Any, Any], Any]] = {
     ast.Add: _add,
     ast.Sub: _sub,
-    ast.Mult: _numeric("multiply", operator.mul, DECIMAL_CONTEXT.multiply, operator.mul),
+    ast.Mult: _numeric("multiply", _int_multiply, DECIMAL_CONTEXT.multiply, operator.mul),
     ast.Div: _numeric("divide", _int_div, DECIMAL_CONTEXT.divide, operator.truediv),
     ast.FloorDiv: _numeric("divide", operator.floordiv, DECIMAL_CONTEXT.divide_int, operator.floordiv),
     ast.Mod: _numeric("take the remainder of", operator.mod, DECIMAL_CONTEXT.remainder, operator.mod),

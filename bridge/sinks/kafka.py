@@ -2,29 +2,59 @@
 
 kafka-python's producer retries on its own within `delivery_timeout_s`; whatever still fails reaches
 the delivery callback as an error, and the pipeline stops rather than lose the event.
+
+Size: the broker refuses a record batch larger than the topic's `max.message.bytes`, and would do so
+again at every restart. So the sink reads that limit of its topics at start, takes the smaller of it
+and `sink.max_message_bytes`, keeps producer batches within it, and checks every record before
+sending: one too large is reported as RecordTooLarge (nothing sent), which the pipeline dead-letters.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaProducer
-from kafka.admin import NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.admin import ConfigResource, NewTopic
+from kafka.errors import KafkaError, MessageSizeTooLargeError, TopicAlreadyExistsError
+from kafka.record.default_records import DefaultRecordBatchBuilder
 
-from bridge.errors import DeliveryError, ServiceUnavailable
+from bridge.errors import DeliveryError, RecordTooLarge, ServiceUnavailable
 from bridge.events import DomainEvent
 from bridge.ports import DeliveryCallback
 from bridge.settings import KafkaSink
+from bridge.sinks.dead_letters import encode_dead_letter
 
 log = logging.getLogger(__name__)
 
+MAX_BATCH_BYTES = 256 * 1024  # producer batches, unless the size limit is smaller
+
 
 class KafkaEventSink:
-    def __init__(self, settings: KafkaSink) -> None:
+    @classmethod
+    def open(cls, settings: KafkaSink, aggregates: list[tuple[str, str]]) -> KafkaEventSink:
+        """The sink for these (namespace, aggregate type) pairs: topics created if missing (create_topics),
+        the size limit read from them, topic metadata fetched."""
+        topics = sorted(_topics_for(settings, aggregates))
+        admin = _admin(settings)
+        try:
+            if settings.create_topics and (created := ensure_topics(admin, settings, topics)):
+                log.info("created topics", extra={"topics": created})
+            limit, limited_by = size_limit(admin, settings, topics)
+        finally:
+            admin.close()
+        log.info("record size limit", extra={"max_message_bytes": limit, "limited_by": limited_by})
+        sink = cls(settings, max_message_bytes=limit, limited_by=limited_by)
+        if settings.create_topics:
+            sink.warm_up(aggregates)
+        return sink
+
+    def __init__(self, settings: KafkaSink, *, max_message_bytes: int | None = None,
+                 limited_by: str = "sink.max_message_bytes") -> None:
         self._settings = settings
+        self.max_message_bytes = min(max_message_bytes or settings.max_message_bytes, settings.max_message_bytes)
+        self._limited_by = limited_by
         try:
             self._producer = KafkaProducer(
                 bootstrap_servers=settings.bootstrap_servers.split(","),
@@ -34,7 +64,10 @@ class KafkaEventSink:
                 linger_ms=settings.linger_ms,
                 compression_type=settings.compression_type,
                 delivery_timeout_ms=int(settings.delivery_timeout_s * 1000),
-                batch_size=256 * 1024,
+                bootstrap_timeout_ms=int(settings.bootstrap_timeout_s * 1000),
+                # A batch holds several records up to batch_size, or one larger record: both within the limit.
+                batch_size=min(MAX_BATCH_BYTES, self.max_message_bytes),
+                max_request_size=self.max_message_bytes,
                 client_id="cdc-bridge",
             )
         except KafkaError as exc:  # kafka-python 3 raises KafkaTimeoutError when bootstrap fails
@@ -52,37 +85,12 @@ class KafkaEventSink:
             topic = self._topics[cache_key] = self._settings.topic_for(namespace, event.aggregate_type)
         return topic
 
-    def ensure_topics(self, aggregates: list[tuple[str, str]]) -> list[str]:
-        """Create the event and dead-letter topics that do not exist yet (returns those created).
-
-        Relying on the broker's auto-creation would work, but the producer logs an error for each topic
-        it finds missing on first send, and the partition count would be whatever the broker defaults to.
-        """
-        wanted = self._topics_for(aggregates)
-        admin = KafkaAdminClient(bootstrap_servers=self._settings.bootstrap_servers.split(","), client_id="cdc-bridge")
-        try:
-            missing = sorted(wanted - set(admin.list_topics()))
-            if missing:
-                try:
-                    admin.create_topics([NewTopic(t, self._settings.partitions, self._settings.replication_factor)
-                                         for t in missing])
-                except TopicAlreadyExistsError:
-                    pass  # another instance was quicker
-            return missing
-        except KafkaError as exc:
-            raise ServiceUnavailable(f"could not list or create topics at {self._settings.bootstrap_servers}: {exc}") from exc
-        finally:
-            admin.close()
-
-    def _topics_for(self, aggregates: list[tuple[str, str]]) -> set[str]:
-        """The event topics of these (namespace, aggregate type) pairs, and the dead-letter topic."""
-        return {self._settings.topic_for(ns, agg) for ns, agg in aggregates} | {self._settings.dead_letter_topic}
 
     def warm_up(self, aggregates: list[tuple[str, str]]) -> None:
         """Fetch the partitions of every event topic now: otherwise the first send to each topic waits for a
         metadata round trip, which made the first second's events 200-250 ms late. For topics known to
         exist (ensure_topics ran): kafka-python blocks up to max_block_ms on a missing one."""
-        for topic in sorted(self._topics_for(aggregates)):
+        for topic in sorted(_topics_for(self._settings, aggregates)):
             try:
                 self._producer.partitions_for(topic)
             except KafkaError as exc:  # the first send looks it up again, and reports what is wrong
@@ -93,19 +101,22 @@ class KafkaEventSink:
                    what=f"event {event.id} ({event.type})")
 
     def publish_dead_letter(self, record: dict[str, Any], key: bytes | None, on_delivery: DeliveryCallback) -> None:
-        value = json.dumps(record, separators=(",", ":"), ensure_ascii=False, default=str).encode()
-        self._send(self._settings.dead_letter_topic, key, value, [("content-type", b"application/json")],
-                   on_delivery, what="dead letter")
+        self._send(self._settings.dead_letter_topic, key, encode_dead_letter(record),
+                   [("content-type", b"application/json")], on_delivery, what="dead letter")
 
     def _send(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]],
               on_delivery: DeliveryCallback, *, what: str) -> None:
+        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
+        if size > self.max_message_bytes:
+            on_delivery(RecordTooLarge(size, self.max_message_bytes, f"Kafka topic {topic} (limit: {self._limited_by})"))
+            return
         try:
             future = self._producer.send(topic, key=key, value=value, headers=headers)
         except KafkaError as exc:
             on_delivery(DeliveryError(f"could not send {what} to {topic}: {exc}"))
             return
         future.add_callback(lambda _metadata: on_delivery(None))
-        future.add_errback(lambda exc: on_delivery(DeliveryError(f"Kafka did not acknowledge {what} on {topic}: {exc}")))
+        future.add_errback(lambda exc: on_delivery(_delivery_error(exc, what, topic)))
 
     def flush(self, timeout_s: float) -> None:
         try:
@@ -115,3 +126,66 @@ class KafkaEventSink:
 
     def close(self) -> None:
         self._producer.close(timeout=10)
+
+
+def _topics_for(settings: KafkaSink, aggregates: list[tuple[str, str]]) -> set[str]:
+    """The event topics of these (namespace, aggregate type) pairs, and the dead-letter topic."""
+    return {settings.topic_for(ns, agg) for ns, agg in aggregates} | {settings.dead_letter_topic}
+
+
+def _admin(settings: KafkaSink) -> KafkaAdminClient:
+    try:
+        return KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers.split(","), client_id="cdc-bridge",
+                                bootstrap_timeout_ms=int(settings.bootstrap_timeout_s * 1000))
+    except KafkaError as exc:
+        raise ServiceUnavailable(
+            f"no Kafka broker answers at {settings.bootstrap_servers} (sink.bootstrap_servers); "
+            "check the address and that the broker is up") from exc
+
+
+def ensure_topics(admin: KafkaAdminClient, settings: KafkaSink, topics: Iterable[str]) -> list[str]:
+    """Create the topics that do not exist yet (returns those created).
+
+    Relying on the broker's auto-creation would work, but the producer logs an error for each topic
+    it finds missing on first send, and the partition count would be whatever the broker defaults to.
+    """
+    try:
+        missing = sorted(set(topics) - set(admin.list_topics()))
+        if missing:
+            try:
+                admin.create_topics([NewTopic(t, settings.partitions, settings.replication_factor) for t in missing])
+            except TopicAlreadyExistsError:
+                pass  # another instance was quicker
+        return missing
+    except KafkaError as exc:
+        raise ServiceUnavailable(f"could not list or create topics at {settings.bootstrap_servers}: {exc}") from exc
+
+
+def size_limit(admin: KafkaAdminClient, settings: KafkaSink, topics: Iterable[str]) -> tuple[int, str]:
+    """The largest record every one of `topics` takes, and what sets it: the smallest of the topics'
+    max.message.bytes and sink.max_message_bytes. Topics that do not exist (yet) are left out."""
+    limit, limited_by = settings.max_message_bytes, "sink.max_message_bytes"
+    try:
+        existing = set(admin.list_topics())
+        resources = [ConfigResource("TOPIC", topic, ["max.message.bytes"]) for topic in sorted(set(topics) & existing)]
+        described = admin.describe_configs(resources, config_filter="all") if resources else {}
+    except KafkaError as exc:  # e.g. no DescribeConfigs permission: the setting alone has to do
+        log.warning("could not read the topics' max.message.bytes; sink.max_message_bytes alone limits record size",
+                    extra={"error": str(exc), "max_message_bytes": limit})
+        return limit, limited_by
+    for topic, configs in sorted((described.get("topic") or {}).items()):
+        entry = (configs or {}).get("max.message.bytes") or {}
+        try:
+            value = int(entry.get("value"))
+        except (TypeError, ValueError):
+            continue
+        if value < limit:
+            limit, limited_by = value, f"max.message.bytes of topic {topic}"
+    return limit, limited_by
+
+
+def _delivery_error(exc: Exception, what: str, topic: str) -> DeliveryError:
+    if isinstance(exc, MessageSizeTooLargeError):  # checked before sending: the topic's limit shrank since start
+        return DeliveryError(f"Kafka refused {what} on {topic} as too large ({exc}): the topic's max.message.bytes "
+                             "was lowered after the bridge started; restart it so it reads the new limit")
+    return DeliveryError(f"Kafka did not acknowledge {what} on {topic}: {exc}")

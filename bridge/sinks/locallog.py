@@ -17,15 +17,16 @@ Memory is bounded by the ids of 1 + cached_segments segments, whatever the log's
 bytes per id, so ~14 MB for a 64 MiB segment of ~450-byte records. Dead letters are named by a hash of
 their content and ordered by their change's position; see `dead_letter_sequence` for those without one.
 
+Opening recovers from a crash: a torn tail (an append the crash interrupted, never acknowledged) is cut;
+anything else that does not read back refuses to open, and nothing is cut (bridge/logdamage.py).
 One writer per log directory, enforced by an exclusive lock on `writer.lock` (which holds the
-writer's pid); readers (bridge/sinks/locallog_reader.py) need no lock.
+writer's pid); readers (bridge/sinks/locallog_reader.py) need no lock. Files are owner-only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import threading
@@ -36,8 +37,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
-from bridge.errors import BridgeError, DeliveryError
+from bridge.errors import BridgeError, DeliveryError, RecordTooLarge
 from bridge.eventlog import (
+    MAX_BODY,
     DEAD_LETTERS,
     EVENTS,
     KIND_DEAD_LETTER,
@@ -49,20 +51,26 @@ from bridge.eventlog import (
     dead_letter_sequence,
     encode_meta,
     encode_record,
-    fsync_dir,
     id_key,
     list_segments,
     load_summary,
+    make_private_dir,
     scan_segment,
     segment_name,
+    summary_path,
     write_summary,
 )
+from bridge.logdamage import cut_torn_tail, gap_error, inspect_scanned
 from bridge.events import DomainEvent
 from bridge.ports import DeliveryCallback
+from bridge.sinks.dead_letters import encode_dead_letter
 
 log = logging.getLogger("bridge.locallog")
 
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+# The largest headers + key + value of one record; a larger one is reported as RecordTooLarge (the
+# pipeline dead-letters it, bounded) rather than failing the log. The rest of a body is a few hundred bytes.
+MAX_RECORD_BYTES = MAX_BODY - 4096
 
 
 class Unencodable(Exception):
@@ -76,12 +84,12 @@ class LocalLogEventSink:
                  fsync_interval_ms: float = 5.0, cached_segments: int = 1,
                  dead_letter_dir: Path | str | None = None) -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.directory)
         self._lock_fds = [acquire_writer_lock(self.directory)]
         letters_dir = Path(dead_letter_dir) if dead_letter_dir is not None else self.directory / DEAD_LETTERS
         try:
             if letters_dir.resolve().parent != self.directory.resolve():  # elsewhere: it needs its own lock
-                letters_dir.mkdir(parents=True, exist_ok=True)
+                make_private_dir(letters_dir)
                 self._lock_fds.append(acquire_writer_lock(letters_dir))
             self._events = SegmentLog(self.directory / EVENTS, segment_bytes, cached_segments)
             try:
@@ -124,18 +132,20 @@ class LocalLogEventSink:
 
     @property
     def torn_bytes_dropped(self) -> int:
-        """Bytes of a torn tail (a crashed writer's partial record) truncated when this writer opened."""
+        """Bytes of a torn tail (a crashed writer's unacknowledged partial append) cut when this writer opened."""
         return self._events.torn_bytes + self._dead_letters.torn_bytes
 
     def publish(self, event: DomainEvent, on_delivery: DeliveryCallback) -> None:
         def encode() -> bytes:
             meta = encode_meta(event.headers(), event.key(), event.aggregate_type, event.rule_id)
-            return encode_record(KIND_EVENT, event.id, event.sequence, meta, event.value())
+            value = event.value()
+            self._check_size(len(meta) + len(value))
+            return encode_record(KIND_EVENT, event.id, event.sequence, meta, value)
 
         self._append(self._events, event.id, event.sequence, encode, on_delivery)
 
     def publish_dead_letter(self, record: dict[str, Any], key: bytes | None, on_delivery: DeliveryCallback) -> None:
-        value = json.dumps(record, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+        value = encode_dead_letter(record)
         # A replayed change yields the same dead letter: its content names it, so it is kept once too,
         # and the change's position orders it like an event's sequence (see dead_letter_sequence).
         named = b"%d:" % len(key) + key if key is not None else b"-:"
@@ -145,10 +155,15 @@ class LocalLogEventSink:
         def encode() -> bytes:
             meta = encode_meta([("content-type", b"application/json")], key, None,
                                rule if isinstance(rule, str) else None)
+            self._check_size(len(meta) + len(value))
             return encode_record(KIND_DEAD_LETTER, letter_id, sequence, meta, value)
 
         sequence = dead_letter_sequence(record)
         self._append(self._dead_letters, letter_id, sequence, encode, on_delivery)
+
+    def _check_size(self, size: int) -> None:
+        if size > MAX_RECORD_BYTES:
+            raise RecordTooLarge(size, MAX_RECORD_BYTES, f"the event log at {self.directory}")
 
     def _append(self, segment_log: SegmentLog, record_id: str, sequence: str | None, encode: Callable[[], bytes],
                 on_delivery: DeliveryCallback) -> None:
@@ -163,7 +178,8 @@ class LocalLogEventSink:
                 try:
                     segment_log.append(key, sequence, encode)
                 except Unencodable as exc:  # this record only; nothing was appended
-                    failure = DeliveryError(f"record {record_id} cannot go into the event log: {exc}")
+                    failure = (exc.__cause__ if isinstance(exc.__cause__, RecordTooLarge) else
+                               DeliveryError(f"record {record_id} cannot go into the event log: {exc}"))
                 except (OSError, CorruptLogError) as exc:  # reading a sealed segment's ids back failed
                     failure = self._failure = DeliveryError(f"event log at {self.directory}: {exc}")
                 else:
@@ -202,8 +218,9 @@ class LocalLogEventSink:
             self._closed = self._stopping = True
             self._work.notify()
         self._syncer.join()
-        self._events.close()
-        self._dead_letters.close()
+        clean = self._failure is None
+        self._events.close(clean=clean)
+        self._dead_letters.close(clean=clean)
         for fd in self._lock_fds:
             os.close(fd)
 
@@ -270,10 +287,7 @@ class SegmentLog:
         self.log_dir = log_dir
         self._segment_bytes = segment_bytes
         self._cached_segments = max(cached_segments, 1)
-        created = not log_dir.exists()
-        log_dir.mkdir(parents=True, exist_ok=True)
-        if created:
-            fsync_dir(log_dir.parent)
+        make_private_dir(log_dir)
         for leftover in log_dir.glob("*.tmp"):  # a segment or summary that never got its final name
             leftover.unlink()
         segments = list_segments(log_dir) or [(0, create_segment(log_dir, 0))]
@@ -286,24 +300,18 @@ class SegmentLog:
             if summary is None:
                 summary, status = scan_segment(path, base)
                 if status != "end":
-                    raise CorruptLogError(f"{path}: a {status} record at byte {summary.size} in a sealed segment; "
-                                          "the log is damaged (move the segment away to read what precedes it)")
+                    raise inspect_scanned(path, summary, sealed=True, closed_cleanly=False).error()
                 write_summary(path, summary)
             self._add_sealed(summary)
             expected = base + summary.count
         base, path = segments[-1]
         self._check_contiguous(base, expected)
         self._active_ids: set[bytes | str] = set()
-        self._active, _status = scan_segment(path, base, self._active_ids)
-        self.torn_bytes = path.stat().st_size - self._active.size
-        if self.torn_bytes:
-            # Only the last segment can end torn: whatever follows the last whole record was never
-            # acknowledged (it was not synced yet), so it is dropped.
-            log.warning("event log: dropping a torn tail", extra={"segment": str(path), "bytes": self.torn_bytes,
-                                                                   "at": self._active.size})
-            with open(path, "r+b") as file:
-                file.truncate(self._active.size)
-                os.fsync(file.fileno())
+        closed_cleanly = load_summary(path, base) is not None
+        self._active, status = scan_segment(path, base, self._active_ids)
+        self.torn_bytes = cut_torn_tail(path, self._active, closed_cleanly=closed_cleanly) if status != "end" else 0
+        # This writer appends from here on: a summary of the segment from an earlier clean close no longer holds.
+        summary_path(path).unlink(missing_ok=True)
         self._active.durable = False
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         self.next_offset = base + self._active.count
@@ -312,8 +320,7 @@ class SegmentLog:
 
     def _check_contiguous(self, base: int, expected: int) -> None:
         if base != expected:
-            raise CorruptLogError(f"{self.log_dir}: segment {segment_name(base)} should start at offset {expected}; "
-                                  "segments are missing or were renamed")
+            raise gap_error(self.log_dir / segment_name(base), expected)
 
     def _add_sealed(self, summary: SegmentSummary) -> None:
         self._sealed.append(summary)
@@ -334,9 +341,13 @@ class SegmentLog:
         if ids is not None:
             self._cache.move_to_end(summary.base_offset)
             return ids
-        # Only segments fully on disk ever leave the cache, so reading one back is complete.
-        ids = set()
-        scan_segment(self.log_dir / segment_name(summary.base_offset), summary.base_offset, ids)
+        # Only segments fully on disk ever leave the cache, so reading one back is complete, unless damaged:
+        # then ids would be missing and a replayed event could be written twice, so that is refused.
+        ids: set[bytes | str] = set()
+        path = self.log_dir / segment_name(summary.base_offset)
+        scanned, status = scan_segment(path, summary.base_offset, ids)
+        if status != "end" or scanned.count != summary.count:
+            raise inspect_scanned(path, scanned, sealed=True, closed_cleanly=False).error()
         self._cache[summary.base_offset] = ids
         self._trim_cache()
         return ids
@@ -411,6 +422,11 @@ class SegmentLog:
         while view:
             view = view[os.write(self._fd, view):]
 
-    def close(self) -> None:
+    def close(self, *, clean: bool = False) -> None:
+        """Close the active segment; when `clean` (everything written and synced), leave its summary, which
+        says the segment is whole up to here (see bridge/logdamage.py)."""
         with contextlib.suppress(OSError):  # already closed when a failed write stopped mid-rollover
+            whole = clean and not self._pending and os.fstat(self._fd).st_size == self._active.size
             os.close(self._fd)
+            if whole:
+                write_summary(self.log_dir / segment_name(self._active.base_offset), self._active)

@@ -3,7 +3,9 @@
 Readers take no lock and never disturb the writer. They see only whole records (length and CRC
 checked); a record still being written, or torn by a crash, ends what a reader sees for now, and a
 follower polls the file size cheaply (one fstat per poll) until more arrives. When a segment has a
-successor, it is complete: a follower reads it to its end and moves on.
+successor, it is complete: a follower reads it to its end and moves on. Damage (bridge/logdamage.py:
+a bad record with valid ones after it, or in a segment known whole) raises CorruptLogError naming the
+file, byte and offset, instead of quietly ending the log there.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from bridge.eventlog import (
     FRAME,
     PREFIX,
     SEGMENT_HEADER,
-    CorruptLogError,
     FrameScanner,
     decode_meta,
     list_segments,
     load_summary,
     open_segment,
+    segment_name,
 )
+from bridge.logdamage import BadFrame, gap_error, inspect_stop
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +174,7 @@ class Cursor:
         self._base = 0
         self._position = 0
         self._next = 0  # the offset of the record at self._position
+        self._tail_seen: tuple[int, int] | None = None  # (position, size) last found to be a torn tail
 
     def close(self) -> None:
         if self._file is not None:
@@ -182,22 +186,50 @@ class Cursor:
             if self._file is None and not self._open_segment_holding(self.offset):
                 return
             before = self._next
-            yield from self._read_on()
-            if self._single_segment:
-                return
-            if self._next != before:
+            status = yield from self._read_on()
+            if self._next != before and not self._single_segment:
                 continue
-            # Nothing new here. If a later segment exists this one is complete: read its rest, move on.
             later = [(base, path) for base, path in list_segments(self.log_dir) if base > self._base]
             if not later:
+                # The last segment: a torn tail (or a record being written) ends what there is for now.
+                if self._tail_grew_whole(status):
+                    continue
                 return
+            # A later segment exists, so this one is complete: read its rest and check it ended whole.
             status = yield from self._read_on(final=True)
-            if later[0][0] != self._next or status != "end":
-                raise CorruptLogError(
-                    f"{self.log_dir}: segment {self._base} ends at offset {self._next} ({status} record at byte "
-                    f"{self._position}) but the next segment starts at {later[0][0]}")
+            if status != "end" and (bad := self._inspect(sealed=True)) is not None:
+                raise bad.error()
+            if later[0][0] != self._next:
+                raise gap_error(later[0][1], self._next)
+            if self._single_segment:
+                return
             self.close()
             self._open(*later[0], ordinal_target=self.offset)
+
+    def _tail_grew_whole(self, status: str) -> bool:
+        """At the end of the last segment: True if a whole record is there now (read on); False for a torn
+        tail or a record still being written (wait); raises CorruptLogError if it is damage."""
+        if status == "end":
+            return False
+        before = os.fstat(self._file.fileno())
+        seen = (self._position, before.st_size)
+        if seen == self._tail_seen:
+            return False  # inspected already, and nothing changed since: still a tail
+        bad = self._inspect(sealed=False)
+        if bad is None:
+            return True
+        after = os.fstat(self._file.fileno())
+        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+            return False  # written or cut (a new writer) while inspected: look again at the next poll
+        if not bad.torn_tail:
+            raise bad.error()
+        self._tail_seen = seen
+        return False
+
+    def _inspect(self, *, sealed: bool) -> BadFrame | None:
+        path = self.log_dir / segment_name(self._base)
+        return inspect_stop(self._file, path, self._position, self._next, sealed=sealed,
+                            closed_cleanly=not sealed and load_summary(path, self._base) is not None)
 
     def _read_on(self, final: bool = False) -> Generator[LogRecord, None, str]:
         """Whole records from the current position; returns why it stopped (see FrameScanner.status)."""
@@ -222,7 +254,8 @@ class Cursor:
         return True
 
     def _open(self, base: int, path: Path, *, ordinal_target: int) -> None:
-        self._file = open_segment(path)
+        self._file = open_segment(path, base)
+        self._tail_seen = None
         self._base, self._next, self._position = base, base, SEGMENT_HEADER.size
         summary = load_summary(path, base)
         if summary is not None and ordinal_target > base:

@@ -8,7 +8,9 @@ data, logs, pid files and stack.json, which records ports, DSNs and start-up tim
     python deploy/local/stack.py up postgres        # just PostgreSQL
     python deploy/local/stack.py status
     python deploy/local/stack.py env                # shell exports: eval "$(... env)"
-    python deploy/local/stack.py connector add deploy/connectors/restaurant-postgres.json
+    python deploy/local/stack.py connector add deploy/connectors/restaurant-postgres.json [--mappings DIR]
+                                   [--keep-offsets | --reset-offsets]   # tables from the mappings
+    python deploy/local/stack.py connector remove NAME [--reset-offsets]
     python deploy/local/stack.py down [--purge]
 
 Exit status is non-zero, with one paragraph saying what is wrong and how to fix it, on any failure.
@@ -30,6 +32,7 @@ from jars import ensure_jars
 from procs import StackError, load_json, pid_alive, save_json, state_dir_from_env, stop_pid
 
 SERVICES = ("postgres", "kafka", "connect")
+DEFAULT_MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
 
 
 def _stack_file(state: Path) -> Path:
@@ -129,13 +132,16 @@ def status(state: Path) -> dict:
 
 
 def env_lines(stack: dict) -> list[str]:
+    """Exports for the commands that read them: `cdc-bridge legacy migrate|simulate` (the DSN) and `cdc-bridge
+    run|check` with deploy/bridge.yaml's Debezium source and Kafka sink (the broker)."""
     lines = []
     if "postgres" in stack:
         lines.append(f"export BRIDGE_PG_DSN={stack['postgres']['dsn']}")
     if "kafka" in stack:
-        lines.append(f"export BRIDGE_KAFKA_BOOTSTRAP={stack['kafka']['bootstrap_servers']}")
+        lines.append(f"export BRIDGE_SOURCE__BOOTSTRAP_SERVERS={stack['kafka']['bootstrap_servers']}")
+        lines.append(f"export BRIDGE_SINK__BOOTSTRAP_SERVERS={stack['kafka']['bootstrap_servers']}")
     if "connect" in stack:
-        lines.append(f"export BRIDGE_CONNECT_URL={stack['connect']['url']}")
+        lines.append(f"# Kafka Connect: {stack['connect']['url']} (`stack.py connector add|remove` finds it itself)")
     return lines
 
 
@@ -173,11 +179,25 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("env", help="print shell exports for the running stack")
     connector_cmd = commands.add_parser("connector", help="add or remove a Debezium connector")
     connector_sub = connector_cmd.add_subparsers(dest="action", required=True)
-    add_cmd = connector_sub.add_parser("add", help="create/update from a definition file and wait until RUNNING")
+    add_cmd = connector_sub.add_parser(
+        "add", help="create/update from a definition file and wait until RUNNING",
+        description="Create or update a connector. table.include.list is derived from the mappings (--set wins). "
+                    "A name used before keeps its offsets in Kafka Connect: adding it again is refused unless "
+                    "--keep-offsets (resume there; its slot must still exist) or --reset-offsets (start afresh, "
+                    "snapshot included).")
     add_cmd.add_argument("file", type=Path)
     add_cmd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    add_cmd.add_argument("--mappings", action="append", type=Path, metavar="PATH",
+                         help=f"mapping files or folders whose tables to capture (default: {DEFAULT_MAPPINGS})")
+    choice = add_cmd.add_mutually_exclusive_group()
+    choice.add_argument("--keep-offsets", dest="offsets", action="store_const", const="keep", default="refuse",
+                        help="a connector of this name existed: resume from its stored offsets")
+    choice.add_argument("--reset-offsets", dest="offsets", action="store_const", const="reset",
+                        help="a connector of this name existed: forget its offsets and start as new")
     remove_cmd = connector_sub.add_parser("remove")
     remove_cmd.add_argument("name")
+    remove_cmd.add_argument("--reset-offsets", action="store_true",
+                            help="also delete its stored offsets, so that the name can be added again afresh")
     args = parser.parse_args(argv)
     state = state_dir_from_env(args.state)
     try:
@@ -205,13 +225,16 @@ def main(argv: list[str] | None = None) -> int:
             stack = status(state)
             if not stack.get("connect", {}).get("running"):
                 raise StackError("Kafka Connect is not running; start it with `stack.py up`.")
-            name, config = connectors.load_definition(args.file, {**local_overrides(stack), **_parse_sets(args.set)})
-            connectors.add(stack["connect"]["url"], name, config)
-            print(f"connector {name}: RUNNING")
+            tables = connectors.tables_from_mappings(args.mappings or [DEFAULT_MAPPINGS])
+            name, config = connectors.load_definition(
+                args.file, {**local_overrides(stack), "table.include.list": tables, **_parse_sets(args.set)})
+            connectors.add(stack["connect"]["url"], name, config, offsets=args.offsets)
+            print(f"connector {name}: RUNNING  (tables {config['table.include.list']})")
         else:
             stack = status(state)
-            removed = connectors.remove(stack["connect"]["url"], args.name)
-            print(f"connector {args.name}: {'deleted' if removed else 'did not exist'}")
+            removed = connectors.remove(stack["connect"]["url"], args.name, reset_offsets=args.reset_offsets)
+            print(f"connector {args.name}: {'deleted' if removed else 'did not exist'}"
+                  + (", offsets reset" if removed and args.reset_offsets else ""))
     except StackError as exc:
         print(f"stack: {exc}", file=sys.stderr)
         return 1

@@ -36,7 +36,7 @@ def connector() -> dict:
 
 def test_compose_runs_the_same_stack_as_the_local_scripts(compose: dict) -> None:
     services = compose["services"]
-    assert set(services) == {"postgres", "kafka", "connect", "bridge"}
+    assert set(services) == {"postgres", "kafka", "connect", "legacy-app", "bridge"}
     assert "wal_level=logical" in services["postgres"]["command"]
     assert services["kafka"]["image"].endswith(":" + _pom_version("kafka.pom.xml", "kafka.version"))
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, no ZooKeeper
@@ -84,3 +84,14 @@ def test_systemd_unit_is_well_formed() -> None:
     problems = [line for line in (done.stdout + done.stderr).splitlines()
                 if line.strip() and "is not executable" not in line]
     assert problems == []
+
+
+def test_the_connector_files_table_list_is_the_one_connector_add_derives_from_the_mappings(connector: dict) -> None:
+    import sys
+
+    sys.path.insert(0, str(DEPLOY / "local"))
+    import connectors
+
+    derived = connectors.tables_from_mappings([DEPLOY.parent / "mappings"])
+    # docker-compose users post the file as written; `stack.py connector add` replaces the list with this.
+    assert sorted(connector["config"]["table.include.list"].split(",")) == derived.split(",")

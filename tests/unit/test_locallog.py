@@ -213,7 +213,9 @@ def test_segments_roll_over_and_offsets_stay_contiguous(tmp_path: Path) -> None:
         assert summary_path(path).exists(), "every sealed segment has its summary"
         assert path.stat().st_size <= 512 * 1024
         assert [r.offset for r in EventLogReader(tmp_path).read(base, next_base)] == list(range(base, next_base))
-    assert not summary_path(segments[-1][1]).exists()
+    assert summary_path(segments[-1][1]).exists(), "a clean close leaves the active segment's summary too"
+    with LocalLogEventSink(tmp_path, segment_bytes=512 * 1024):
+        assert not summary_path(segments[-1][1]).exists(), "a writer appending to it removes it"
     assert [r.id for r in read_all(tmp_path)] == [e.id for e in events]
 
 
@@ -251,9 +253,9 @@ def test_a_damaged_record_inside_a_sealed_segment_is_reported_not_skipped(tmp_pa
     data = bytearray(first.read_bytes())
     data[len(data) // 2] ^= 0xFF
     first.write_bytes(bytes(data))
-    with pytest.raises(CorruptLogError, match="next segment starts"):
+    with pytest.raises(CorruptLogError, match=r"00000000000000000000.log byte \d+ \(offset \d+\)"):
         read_all(tmp_path)
-    with pytest.raises(CorruptLogError, match="sealed segment"):
+    with pytest.raises(CorruptLogError, match=r"00000000000000000000.log byte \d+ \(offset \d+\)"):
         LocalLogEventSink(tmp_path)
 
 
@@ -395,3 +397,27 @@ def test_built_from_the_locallog_sink_settings(tmp_path: Path) -> None:
     assert [r.id for r in read_all(tmp_path / "log")] == [make_event(0).id]
     assert [r.data() for r in EventLogReader(tmp_path, log="letters").read()] == [dead_letter(0)]
     assert not (tmp_path / "log" / DEAD_LETTERS).exists()
+
+
+def test_files_are_owner_only_and_directories_it_creates_too(tmp_path: Path) -> None:
+    # The log holds customer data (names, emails): nobody but its owner may read it, whatever the umask.
+    previous = os.umask(0o022)
+    try:
+        log_dir = tmp_path / "state" / "events"
+        letters_dir = tmp_path / "letters"
+        publish_all(log_dir, [make_event(i) for i in range(60)], segment_bytes=4096)
+        with LocalLogEventSink(log_dir, segment_bytes=4096) as sink:
+            sink.publish_dead_letter(dead_letter(0), None, lambda error: None)
+            sink.flush(10)
+        with LocalLogEventSink(tmp_path / "other", dead_letter_dir=letters_dir) as sink:
+            sink.publish_dead_letter(dead_letter(1), None, lambda error: None)
+            sink.flush(10)
+    finally:
+        os.umask(previous)
+    directories = [log_dir, log_dir / EVENTS, log_dir / DEAD_LETTERS, letters_dir, tmp_path / "other"]
+    files = [path for directory in directories for path in directory.iterdir() if path.is_file()]
+    assert {path.name for path in files} >= {"writer.lock", "00000000000000000000.log",
+                                              "00000000000000000000.summary.json"}
+    assert len([path for path in files if path.name.endswith(".summary.json")]) > 5
+    assert {oct(path.stat().st_mode & 0o777) for path in directories} == {"0o700"}
+    assert {f"{path.name} {path.stat().st_mode & 0o777:o}" for path in files} == {f"{path.name} 600" for path in files}

@@ -146,3 +146,49 @@ def test_a_closed_pipe_ends_it_quietly(log_dir: Path) -> None:
     os.close(reader)
     _, errors = tail_process.communicate(timeout=30)
     assert tail_process.returncode == 0 and errors == ""
+
+
+def _damage_the_middle(log_dir: Path) -> Path:
+    """Overwrite 4 bytes in the middle of the active segment, as a disk or a careless hand would."""
+    from bridge.eventlog import EVENTS as EVENTS_DIR, list_segments
+
+    segment = list_segments(log_dir / EVENTS_DIR)[-1][1]
+    with open(segment, "r+b") as file:
+        file.seek(segment.stat().st_size // 2)
+        file.write(b"\xde\xad\xbe\xef")
+    return segment
+
+
+def _cdc_bridge(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bridge.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture
+def damaged_log(tmp_path: Path) -> tuple[Path, Path]:
+    publish_all(tmp_path, [make_event(i) for i in range(400)], fsync_interval_ms=0)
+    return tmp_path, _damage_the_middle(tmp_path)
+
+
+def test_a_damaged_log_is_reported_not_printed_in_half(damaged_log: tuple[Path, Path]) -> None:
+    from bridge.eventlog import CorruptLogError
+
+    log_dir, segment = damaged_log
+    result = CliRunner().invoke(tail_command, ["--log", str(log_dir), "--no-follow", "--from-start", "--json"])
+    assert isinstance(result.exception, CorruptLogError)
+    printed = [json.loads(line)["offset"] for line in result.output.splitlines()]
+    assert printed == list(range(len(printed))) and 0 < len(printed) < 400, "what precedes the damage, then the error"
+    assert str(segment) in str(result.exception) and f"offset {len(printed)}" in str(result.exception)
+
+
+@pytest.mark.parametrize("start", [["--from-start", "--no-follow"], ["--from-start"], ["--last", "5", "--no-follow"],
+                                   ["--last", "5"], ["--offset", "3"]],
+                         ids=["from-start", "from-start-following", "last", "last-following", "offset-following"])
+def test_the_command_exits_2_naming_the_damage_and_log_verify(damaged_log: tuple[Path, Path], start: list[str]) -> None:
+    log_dir, segment = damaged_log
+    done = _cdc_bridge("tail", "--log", str(log_dir), *start, timeout=120)
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("cdc-bridge: event log damaged: ") and str(segment) in line
+    assert "byte " in line and "offset " in line and f"cdc-bridge log verify --log {log_dir}" in line
+    assert "Traceback" not in done.stderr

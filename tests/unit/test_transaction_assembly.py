@@ -93,7 +93,8 @@ def test_an_incomplete_transaction_stops_with_what_is_missing() -> None:
     assembler.add((TX_TOPIC, 0), marker("END", 11, 100, 2, {"public.orders": 1, "public.order_items": 1}), 0.0)
     assembler.add((("t", 0), 0), row(11, 1), 1.0)
     assembler.check_stalled(20.0)
-    with pytest.raises(TransactionIncomplete, match=r"xid 11: END counts 2 .*only 1 arrived.*public.orders"):
+    with pytest.raises(TransactionIncomplete, match=r"xid 11 .*END counts 2 .*1 arrived \{'public.orders': 1\}; "
+                                                    r"missing: 1 of public.order_items"):
         assembler.check_stalled(31.0)
 
 
@@ -118,3 +119,85 @@ def test_waiting_while_other_transactions_complete_is_not_a_stall() -> None:
     assembler.check_stalled(100.0)  # waited 100 s, but the last release was at 100 s
     with pytest.raises(TransactionIncomplete, match="xid 50"):
         assembler.check_stalled(131.0)
+
+
+# --- undecodable rows count toward their transaction -------------------------------------------------
+
+def undecodable(xid: int, order: int, table: str = "public.orders", lsn: int | None = None):
+    from bridge.sources.transactions import TransactionPlace
+
+    return TransactionPlace(xid=xid, total_order=order, data_collection=table,
+                            change_lsn=lsn if lsn is not None else 1000 + order)
+
+
+def test_an_undecodable_row_completes_its_transaction_which_is_released_without_it() -> None:
+    assembler = TransactionAssembler()
+    assembler.add((("legacy.public.orders", 0), 0), row(7, 1), 0)
+    assert assembler.add_undecodable((("legacy.public.order_items", 0), 4), undecodable(7, 2, "public.order_items"),
+                                     "the bad row", 0) == []
+    [done] = assembler.add((TX_TOPIC, 1), marker("END", 7, 1100, 2, {"public.orders": 1, "public.order_items": 1}), 0)
+    assert [c.table for c in done.transaction.changes] == ["orders"]
+    assert done.dead_lettered == ("the bad row",)
+    assert (("legacy.public.order_items", 0), 4) in done.records, "the bad row's offset is committed with it"
+    assert len(done.records) == 3
+
+
+def test_an_undecodable_row_keeps_its_place_among_rows_of_one_wal_record() -> None:
+    """Event ids come from (change LSN, ordinal among rows of that LSN): a row that could not be decoded
+    still takes its ordinal, so its neighbours get the same ids as when it decodes."""
+    assembler = TransactionAssembler()
+    assembler.add((("t", 0), 1), row(4, 1, lsn=700, key=1), 0)
+    assembler.add_undecodable((("t", 0), 2), undecodable(4, 2, lsn=700), "bad", 0)
+    assembler.add((("t", 0), 3), row(4, 3, lsn=700, key=3), 0)
+    [done] = assembler.add((TX_TOPIC, 0), marker("END", 4, 800, 3), 0)
+    assert [(c.key["id"], c.position.seq) for c in done.transaction.changes] == [(1, 0), (3, 2)]
+
+
+def test_a_placeholder_never_replaces_a_decoded_row() -> None:
+    assembler = TransactionAssembler()
+    assembler.add((("t", 0), 1), row(4, 1), 0)
+    assembler.add_undecodable((("t", 0), 2), undecodable(4, 1), "a crafted record claiming row 1", 0)
+    [done] = assembler.add((TX_TOPIC, 0), marker("END", 4, 800, 1), 0)
+    assert len(done.transaction.changes) == 1 and done.dead_lettered == ("a crafted record claiming row 1",)
+    assert (("t", 0), 2) in done.records
+
+
+def test_the_stall_message_names_the_head_of_the_commit_order_exactly() -> None:
+    """The END that blocks is the first one received that cannot be released, not the oldest pending
+    transaction: here xid 20's rows arrived first, but xid 10 commits first and lacks a row."""
+    assembler = TransactionAssembler(max_wait_s=30)
+    assembler.add((("legacy.public.orders", 0), 0), row(20, 1), 0.0)  # oldest pending: complete, blocked
+    assembler.add((("legacy.public.orders", 0), 1), row(10, 1), 1.0)
+    assembler.add((TX_TOPIC, 5), marker("END", 10, 100, 3, {"public.orders": 1, "public.order_items": 2}), 2.0)
+    assembler.add((TX_TOPIC, 6), marker("END", 20, 200, 1, {"public.orders": 1}), 2.0)
+    assembler.add((("legacy.public.order_items", 0), 0), row(10, 2, "order_items"), 3.0)
+    with pytest.raises(TransactionIncomplete) as stalled:
+        assembler.check_stalled(40.0)
+    message = str(stalled.value)
+    assert message.startswith("transaction xid 10 ")
+    assert "xid 20" not in message.split(".")[0]
+    assert "END counts 3 change(s) {'public.order_items': 2, 'public.orders': 1}" in message
+    assert "2 arrived {'public.order_items': 1, 'public.orders': 1}" in message
+    assert "missing: 1 of public.order_items" in message
+    assert "1 complete transaction(s) wait behind it" in message
+    assert "source.skip_transactions" in message and "[10]" in message
+    assert "only 1 arrived" not in message
+
+
+def test_the_stall_message_lists_every_incomplete_transaction_behind_the_head() -> None:
+    assembler = TransactionAssembler(max_wait_s=30)
+    assembler.add((TX_TOPIC, 1), marker("END", 31, 100, 1, {"public.orders": 1}), 0.0)
+    assembler.add((TX_TOPIC, 2), marker("END", 32, 200, 1, {"public.orders": 1}), 0.0)
+    assembler.add((TX_TOPIC, 3), marker("END", 33, 300, 1, {"public.orders": 1}), 0.0)
+    assembler.add((("legacy.public.orders", 0), 0), row(32, 1), 0.0)
+    with pytest.raises(TransactionIncomplete, match=r"skip_transactions: \[31, 33\]") as stalled:
+        assembler.check_stalled(31.0)
+    assert "transaction xid 31 " in str(stalled.value) and "0 arrived {}" in str(stalled.value)
+
+
+def test_undecodable_rows_are_counted_as_arrived_in_the_stall_message() -> None:
+    assembler = TransactionAssembler(max_wait_s=30)
+    assembler.add_undecodable((("legacy.public.orders", 0), 0), undecodable(12, 1), "bad", 0.0)
+    assembler.add((TX_TOPIC, 1), marker("END", 12, 100, 2, {"public.orders": 2}), 0.0)
+    with pytest.raises(TransactionIncomplete, match=r"1 arrived \{'public.orders': 1\} \(1 of them undecodable"):
+        assembler.check_stalled(31.0)

@@ -252,9 +252,9 @@ def _fixed(convert: Converter, expected: str, placeholder_form: str | None = Non
 
 
 _FAMILIES: dict[str, Family] = {
-    "smallint": _fixed(v.require_int, "an integer"),
-    "integer": _fixed(v.require_int, "an integer"),
-    "bigint": _fixed(v.require_int, "an integer"),
+    "smallint": _fixed(v.ranged_int(16, "smallint"), "a smallint"),
+    "integer": _fixed(v.ranged_int(32, "integer"), "an integer"),
+    "bigint": _fixed(v.ranged_int(64, "bigint"), "a bigint"),
     "real": _fixed(v.to_float, "a float"),
     "double precision": _fixed(v.to_float, "a float"),
     "boolean": _fixed(v.require_bool, "a boolean"),

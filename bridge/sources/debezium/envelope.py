@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
+from bridge.nesting import TooDeep, loads_bounded
 from bridge.sources.debezium import values as v
 from bridge.sources.debezium.types import SchemaError, StructPlan, compile_struct
 
@@ -37,17 +38,22 @@ def split_document(raw: bytes) -> tuple[bytes | None, Any]:
 
     The fast path relies on the JsonConverter's fixed layout: the schema comes first and, being a
     Connect schema, cannot contain the bytes `,"payload":` (field names and parameters appear only as
-    JSON strings, where a quote would be escaped).
+    JSON strings, where a quote would be escaped). A document nested too deep raises TooDeep (see
+    bridge.nesting): it would crash the recursive code downstream.
     """
     if raw[:10] == _SCHEMA_HEAD:
         cut = raw.find(_PAYLOAD_SEP)
         if cut > 0 and raw[-1:] == b"}":
             try:  # decoding to str first spares json.loads its encoding detection
-                return raw[10:cut], json.loads(raw[cut + 11:-1].decode())
+                return raw[10:cut], loads_bounded(raw[cut + 11:-1].decode())
+            except TooDeep:
+                raise
             except ValueError:
                 pass  # not the layout we assumed: let the slow path decide
     try:
-        document = json.loads(raw)
+        document = loads_bounded(raw)
+    except TooDeep:
+        raise
     except ValueError as exc:
         raise NotJson(f"not JSON ({exc})") from None
     if document.__class__ is dict and len(document) == 2 and "schema" in document and "payload" in document:
@@ -79,7 +85,7 @@ def key_plan(schema_text: bytes, placeholder: str, numeric: frozenset[str]) -> S
 
 def _load_schema(schema_text: bytes) -> dict[str, Any]:
     try:
-        schema = json.loads(schema_text)
+        schema = loads_bounded(schema_text)
     except ValueError as exc:
         raise SchemaError(f"the schema is not JSON ({exc})") from None
     if schema.__class__ is not dict:

@@ -179,8 +179,13 @@ class DebeziumDecodeError(DecodeError):
         self.topic, self.partition, self.offset, self.column = topic, partition, offset, column
 
 
+MAX_DETAIL_CHARS = 1000  # a 600 KB field quoted in full would make a 600 KB log line and dead letter
+
+
 def _decode_error(topic: str, partition: int, offset: int, detail: str, column: str | None = None
                   ) -> DebeziumDecodeError:
+    if len(detail) > MAX_DETAIL_CHARS:
+        detail = f"{detail[:MAX_DETAIL_CHARS]}... ({len(detail)} characters in all)"
     return DebeziumDecodeError(
         f"cannot decode Debezium record at topic {topic!r} partition {partition} offset {offset}: {detail}",
         topic, partition, offset, column)

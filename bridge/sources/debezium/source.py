@@ -1,5 +1,11 @@
 """Debezium change events on Kafka as a ChangeSource: consume, decode, reassemble transactions, and
-commit offsets only for records whose every derived event has been acknowledged."""
+commit offsets only for records whose every derived event has been acknowledged.
+
+A record that cannot be decoded is dead-lettered as part of its transaction when its transaction block
+can be read (see debezium.lenient), alone otherwise. Transactions listed in source.skip_transactions
+(named by a stall message, for rows an older bridge committed without them) are not assembled: their
+markers are passed over and their rows dead-lettered one by one.
+"""
 
 from __future__ import annotations
 
@@ -16,14 +22,28 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from bridge.changes import SourcePosition, Transaction
-from bridge.errors import DecodeError, ServiceUnavailable
-from bridge.ports import SourceUnit
+from bridge.errors import ChangeError, DecodeError, ServiceUnavailable
+from bridge.ports import SourceUnit, UndecodableRow
 from bridge.settings import DebeziumSource
-from bridge.sources.debezium.records import ChangeRecord, DecodeOptions, Heartbeat, Tombstone, decode_record
+from bridge.sources.debezium.lenient import transaction_place
 from bridge.sources.debezium.offsets import OffsetTracker
-from bridge.sources.transactions import AssembledTransaction, RecordRef, TransactionAssembler
+from bridge.sources.debezium.records import (
+    ChangeRecord,
+    DecodeOptions,
+    Heartbeat,
+    Tombstone,
+    TransactionMarker,
+    decode_record,
+)
+from bridge.sources.transactions import AssembledTransaction, RecordRef, TransactionAssembler, TransactionPlace
 
 log = logging.getLogger(__name__)
+
+
+class SkippedTransaction(ChangeError):
+    """A row of a transaction listed in source.skip_transactions: dead-lettered, not translated."""
+
+    dead_letter_kind = "skipped_transaction"
 
 
 class _Rebalances(ConsumerRebalanceListener):
@@ -65,6 +85,7 @@ class DebeziumKafkaSource:
                 auto_offset_reset="earliest",
                 max_poll_records=settings.poll_max_records,
                 metadata_max_age_ms=5000,  # notice topics Debezium creates after we start
+                bootstrap_timeout_ms=int(settings.bootstrap_timeout_s * 1000),
                 client_id="cdc-bridge",
                 # Eager rebalancing with a full assignment each time, which `partitions_assigned` relies on.
                 partition_assignment_strategy=(RangePartitionAssignor,),
@@ -103,18 +124,44 @@ class DebeziumKafkaSource:
             decoded = decode_record(tp.topic, tp.partition, record.offset, record.key, record.value,
                                     record.headers or [], options=self._options)
         except DecodeError as exc:
-            return [SourceUnit(None, _Released(session, (ref,)), error=exc, raw=_raw(tp, record))]
+            return self._undecodable(tp, record, exc, transaction_place(record.value), now)
         if isinstance(decoded, (Heartbeat, Tombstone)):
             session.tracker.done([ref])
             return []
-        if isinstance(decoded, ChangeRecord) and decoded.undeclared_columns:
-            return [SourceUnit(None, _Released(session, (ref,)), error=_undeclared(tp, record, decoded),
-                               raw=_raw(tp, record))]
+        if isinstance(decoded, TransactionMarker) and decoded.xid in self._settings.skip_transactions:
+            session.tracker.done([ref])
+            if decoded.status == "END":
+                log.warning("transaction skipped (source.skip_transactions): its rows are dead-lettered, not "
+                            "translated", extra={"xid": decoded.xid, "counts": dict(decoded.per_table_counts)})
+            return []
+        if isinstance(decoded, ChangeRecord):
+            place = _place_of(decoded)
+            if decoded.undeclared_columns:
+                return self._undecodable(tp, record, _undeclared(tp, record, decoded), place, now)
+            if place is not None and place.xid in self._settings.skip_transactions:
+                return self._alone(tp, record, _skipped(place))
+        return self._units(session.assembler.add(ref, decoded, now))
+
+    def _undecodable(self, tp: TopicPartition, record: Any, error: ChangeError, place: TransactionPlace | None,
+                     now: float) -> list[SourceUnit]:
+        """Dead-letter a record as part of its transaction when its place in it is known, else alone."""
+        if place is None or place.xid in self._settings.skip_transactions:
+            return self._alone(tp, record, error)
+        row = UndecodableRow(where=f"{tp.topic}/{tp.partition}/{record.offset}", error=error, raw=_raw(tp, record),
+                             total_order=place.total_order)
+        return self._units(self._session.assembler.add_undecodable((tp, record.offset), place, row, now))
+
+    def _alone(self, tp: TopicPartition, record: Any, error: ChangeError) -> list[SourceUnit]:
+        """A dead letter of one record, which nothing waits for: done as soon as it is published."""
+        return [SourceUnit(None, _Released(self._session, ((tp, record.offset),)), error=error, raw=_raw(tp, record))]
+
+    def _units(self, items: list[AssembledTransaction]) -> list[SourceUnit]:
+        session = self._session
         units = []
-        for item in session.assembler.add(ref, decoded, now):
+        for item in items:
             handle = _Released(session, item.records, item)
             session.released.append(handle)
-            units.append(SourceUnit(item.transaction, handle))
+            units.append(SourceUnit(item.transaction, handle, dead_lettered=item.dead_lettered))
         return units
 
     def done(self, unit: SourceUnit) -> None:
@@ -153,6 +200,16 @@ class DebeziumKafkaSource:
             if changes:
                 self._last_safe = max(c.position for c in changes)
         return self._last_safe
+
+    def consumer_lag(self) -> dict[str, int]:
+        """Per topic, records beyond this consumer's position (from the last fetch's high watermarks: no
+        request to the broker). For the lag metric."""
+        lag: dict[str, int] = {}
+        for tp in self._owned:
+            high = self._consumer.highwater(tp)
+            if high is not None:
+                lag[tp.topic] = lag.get(tp.topic, 0) + max(0, high - self._consumer.position(tp))
+        return lag
 
     def partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         """Keep reading as before unless a partition went to another member.
@@ -200,9 +257,23 @@ class _Released:
         return self.item.transaction
 
 
+def _place_of(decoded: ChangeRecord) -> TransactionPlace | None:
+    if decoded.xid is None or decoded.total_order is None:
+        return None
+    return TransactionPlace(decoded.xid, decoded.total_order, decoded.data_collection, decoded.change_lsn)
+
+
+def _skipped(place: TransactionPlace) -> SkippedTransaction:
+    return SkippedTransaction(
+        f"row {place.total_order} of transaction xid {place.xid} ({place.data_collection}): the transaction is "
+        "listed in source.skip_transactions, so its rows are dead-lettered instead of translated")
+
+
 def _undeclared(tp: TopicPartition, record: Any, decoded: ChangeRecord) -> DecodeError:
     """Schemaless JSON loses how a column was encoded (a base64 decimal has no scale): never guess."""
     columns = ", ".join(sorted(decoded.undeclared_columns))
+    if len(columns) > 500:  # crafted field names can be megabytes long
+        columns = f"{columns[:500]}... ({len(decoded.undeclared_columns)} columns)"
     return DecodeError(
         f"topic {tp.topic!r} (partition {tp.partition}, offset {record.offset}) arrived without a schema "
         f"(value.converter.schemas.enable=false) and column(s) {columns} of {decoded.schema}.{decoded.table} have "
@@ -212,9 +283,6 @@ def _undeclared(tp: TopicPartition, record: Any, decoded: ChangeRecord) -> Decod
 
 
 def _raw(tp: TopicPartition, record: Any) -> dict[str, Any]:
-    def text(value: bytes | None) -> str | None:
-        return None if value is None else value.decode("utf-8", errors="replace")
-
+    """The record as its dead letter keeps it: the bytes, which the dead letter bounds and shows as text."""
     return {"topic": tp.topic, "partition": tp.partition, "offset": record.offset,
-            "key": text(record.key), "value": text(record.value),
-            "headers": {k: text(v) for k, v in (record.headers or [])}}
+            "key": record.key, "value": record.value, "headers": dict(record.headers or [])}

@@ -190,10 +190,10 @@ def _fixed(convert: Converter, expected: str) -> Callable[[Any, v.ToastForms, bo
 
 
 _PLAIN: dict[str, Callable[[Any, v.ToastForms, bool], tuple[Converter, str]]] = {
-    "int8": _fixed(v.require_int, "an int8"),
-    "int16": _fixed(v.require_int, "an int16"),
-    "int32": _fixed(v.require_int, "an int32"),
-    "int64": _fixed(v.require_int, "an int64"),
+    "int8": _fixed(v.ranged_int(8, "int8"), "an int8"),
+    "int16": _fixed(v.ranged_int(16, "int16"), "an int16"),
+    "int32": _fixed(v.ranged_int(32, "int32"), "an int32"),
+    "int64": _fixed(v.ranged_int(64, "int64"), "an int64"),
     "float": _fixed(v.to_float, "a float32"),
     "double": _fixed(v.to_float, "a float64"),
     "boolean": _fixed(v.require_bool, "a boolean"),

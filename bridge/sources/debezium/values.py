@@ -19,13 +19,15 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any
+
+from bridge.nesting import loads_bounded
 
 UTC = UTC
 DEFAULT_PLACEHOLDER = "__debezium_unavailable_value"
@@ -55,6 +57,20 @@ def require_int(value: Any) -> int:
     if value.__class__ is int:
         return value
     raise TypeError("expected a JSON integer")
+
+
+def ranged_int(bits: int, type_name: str) -> Callable[[Any], int]:
+    """A JSON integer that fits a signed `bits`-bit type: Connect's int8..int64, PostgreSQL's
+    smallint/integer/bigint. JSON integers have no size; a value the column cannot hold is refused."""
+    low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+    def checked(value: Any) -> int:
+        if value.__class__ is not int:
+            raise TypeError("expected a JSON integer")
+        if low <= value <= high:
+            return value
+        raise ValueError(f"out of range for {type_name}: {low}..{high}")
+    return checked
 
 
 def require_bool(value: Any) -> bool:
@@ -252,8 +268,9 @@ def to_uuid(value: Any) -> uuid.UUID:
 
 
 def parse_json_text(value: Any) -> Any:
-    """io.debezium.data.Json: json/jsonb arrive as a string holding the document."""
-    return json.loads(require_str(value))
+    """io.debezium.data.Json: json/jsonb arrive as a string holding the document (depth-bounded: see
+    bridge.nesting)."""
+    return loads_bounded(require_str(value))
 
 
 def reject_duration(value: Any) -> Any:

@@ -30,11 +30,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from bridge.changes import Op, SourcePosition, Transaction
 from bridge.errors import BridgeError, ConfigurationError, ServiceUnavailable
 from bridge.ports import SourceUnit
+from bridge.redact import redacted_dsn
 from bridge.settings import PgOutputSource
 from bridge.sources.pgoutput.acked import AcknowledgedPositions
 from bridge.sources.pgoutput.changes import PgOutputAssembler, TransactionDecodeError
@@ -65,14 +65,6 @@ _SLOT_STATE_SQL = "SELECT restart_lsn::text FROM pg_replication_slots WHERE slot
 _HEARTBEAT_SQL = "SELECT pg_logical_emit_message(false, $1, '')"
 
 
-def redacted(dsn: str) -> str:
-    """The DSN as it may appear in a message or a log: without its password."""
-    try:
-        params = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        return "<unparseable DSN>"
-    params.pop("password", None)
-    return make_conninfo("", **{k: str(v) for k, v in params.items() if v is not None})
 
 
 class PgOutputChangeSource:
@@ -89,7 +81,7 @@ class PgOutputChangeSource:
         self._tables = sorted(set(tables))
         if not self._tables:
             raise ConfigurationError("the pgoutput source needs at least one mapped table to publish")
-        self._where = redacted(settings.dsn)
+        self._where = redacted_dsn(settings.dsn)
         self._progress = Progress(0)
         self._stream: ReplicationStream | None = None
         self._sql: SqlConnection | None = None
@@ -305,11 +297,12 @@ class PgOutputChangeSource:
     def keepalives_received(self) -> int:
         return self._stream.keepalives if self._stream is not None else 0
 
-    def slot_lag_bytes(self) -> int:
-        """WAL the server keeps for this slot: pg_current_wal_lsn() - confirmed_flush_lsn."""
+    def slot_lag_bytes(self, timeout_s: float = 5.0) -> int:
+        """WAL the server keeps for this slot: pg_current_wal_lsn() - confirmed_flush_lsn. Asked from the
+        pipeline's loop (metrics): a server that does not answer holds it up at most `timeout_s`."""
         assert self._sql is not None
         rows = self._sql.query("slot lag", SLOT_LAG_SQL.replace("%s", "$1"), (self._settings.slot_name,),
-                               timeout_s=CATALOG_TIMEOUT_S)
+                               timeout_s=timeout_s)
         return int(rows[0][0]) if rows and rows[0][0] is not None else 0
 
     def _on_keepalive(self, wal_end: int) -> None:

@@ -28,13 +28,14 @@ Choices, where PostgreSQL has values Python lacks:
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from decimal import Decimal, InvalidOperation
 from typing import Any
+
+from bridge.nesting import loads_bounded  # a jsonb nested too deep would crash the event encoder
 
 Decode = Callable[[str], Any]
 
@@ -282,7 +283,7 @@ _SCALARS: dict[int, ColumnDecoder] = {
     23: ColumnDecoder(int, "an int4"),
     25: _TEXT,  # text
     26: ColumnDecoder(int, "an oid"),
-    114: ColumnDecoder(json.loads, "a JSON document (json)"),
+    114: ColumnDecoder(loads_bounded, "a JSON document (json)"),
     142: _TEXT,  # xml
     650: _TEXT,  # cidr
     700: ColumnDecoder(float, "a float4"),
@@ -303,7 +304,7 @@ _SCALARS: dict[int, ColumnDecoder] = {
     1266: ColumnDecoder(to_timetz, "an ISO time with offset"),
     1700: ColumnDecoder(to_decimal, "a numeric"),
     2950: ColumnDecoder(uuid.UUID, "a UUID"),
-    3802: ColumnDecoder(json.loads, "a JSON document (jsonb)"),
+    3802: ColumnDecoder(loads_bounded, "a JSON document (jsonb)"),
 }
 _ARRAYS: dict[int, int] = {  # array type OID -> element type OID
     1000: 16, 1001: 17, 1002: 18, 1003: 19, 1016: 20, 1005: 21, 1007: 23, 1009: 25, 1028: 26, 199: 114,
