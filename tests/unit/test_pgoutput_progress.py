@@ -59,3 +59,16 @@ def test_keepalives_with_nothing_received_between_them_are_one() -> None:
     progress.done(b)
     progress.advance()
     assert progress.acknowledged == 400
+
+
+def test_a_keepalive_waits_for_the_commit_that_takes_done_transactions() -> None:
+    """Done is not enough: the pipeline makes the prior-row store durable, then commits (advance). A position
+    reported in between would let a crash skip transactions whose rows the store never wrote."""
+    progress = Progress(100)
+    b = release(progress, 200)
+    progress.done(b)
+    assert not progress.keepalive(400, in_transaction=False)
+    assert progress.acknowledged == 100
+    progress.advance()
+    assert progress.acknowledged == 400
+    assert progress.keepalive(500, in_transaction=False)

@@ -6,8 +6,9 @@
     progress.keepalive(wal_end, in_transaction)       # a keepalive arrived
     progress.advance(); progress.acknowledged         # the newest safe position
 
-A transaction's commit LSN is safe once it and every transaction released before it are done. A
-keepalive's WAL end is safe once every transaction released before the keepalive is done, and no
+A transaction's commit LSN is safe once it and every transaction released before it are done, and the
+caller's commit (which first makes the prior-row store durable) has taken them with `advance`. A
+keepalive's WAL end is safe once every transaction released before the keepalive is taken so, and no
 transaction was half received when it came: the walsender sends each transaction at its commit, so all
 that committed before that WAL end was already sent. Reporting it lets an idle bridge confirm all the WAL
 (the slot holds none for it), and lets PostgreSQL shut down: a stopping walsender waits until its client
@@ -62,7 +63,7 @@ class Progress:
         """Note a keepalive; True when it moved `acknowledged` at once (nothing was outstanding)."""
         if in_transaction or wal_end <= self.acknowledged:
             return False
-        if self.not_done == 0:
+        if not self._released:  # everything released is done and was taken by advance(): the caller's commit
             self._keepalives.clear()
             self.acknowledged = wal_end
             return True
