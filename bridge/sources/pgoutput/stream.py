@@ -60,6 +60,7 @@ class ReplicationStream:
     def __init__(self, dsn: str, *, where: str, session_options: str, application_name: str,
                  connect_timeout_s: float = 10.0) -> None:
         self._where = where
+        self._answer_timeout_s = max(10.0, connect_timeout_s)
         conninfo = make_conninfo(dsn, replication="database", options=session_options,
                                  application_name=application_name, connect_timeout=connect_timeout(connect_timeout_s))
         self._conn = pq.PGconn.connect(conninfo.encode())
@@ -85,23 +86,39 @@ class ReplicationStream:
 
     def identify_system(self) -> SystemIdentity:
         """IDENTIFY_SYSTEM; before start()."""
-        try:
-            result = self._conn.exec_(b"IDENTIFY_SYSTEM")
-        except psycopg.OperationalError as exc:
-            raise self._broken(str(exc)) from exc
-        if result.status != pq.ExecStatus.TUPLES_OK or result.ntuples != 1:
-            raise ServiceUnavailable(f"IDENTIFY_SYSTEM on {self._where} failed: {_text(result.error_message)}")
+        result = self._command("IDENTIFY_SYSTEM")
+        while self._command(None) is not None:  # the command's end
+            pass
+        if result is None or result.status != pq.ExecStatus.TUPLES_OK or result.ntuples != 1:
+            text = _text(result.error_message if result is not None else self._conn.error_message)
+            raise ServiceUnavailable(f"IDENTIFY_SYSTEM on {self._where} failed: {text}")
         system_id, timeline, flushed = (result.get_value(0, i) or b"" for i in range(3))
         return SystemIdentity(system_id.decode(), int(timeline), parse_lsn(flushed.decode()))
+
+    def _command(self, command: str | None) -> pq.abc.PGresult | None:
+        """Send `command` (None: nothing, take the next result of the last one) and wait for a result at most
+        answer_timeout_s: a server that accepted the connection and then stops answering never hangs us."""
+        conn = self._conn
+        deadline = time.monotonic() + self._answer_timeout_s
+        try:
+            if command is not None:
+                conn.send_query(command.encode())
+            while conn.is_busy():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ServiceUnavailable(
+                        f"PostgreSQL at {self._where} did not answer {(command or 'a command').split()[0]} within "
+                        f"{self._answer_timeout_s:.0f} s: is the server paused or overloaded?")
+                select.select([conn.socket], [], [], min(remaining, 1.0))
+                conn.consume_input()
+            return conn.get_result()
+        except (psycopg.OperationalError, OSError) as exc:
+            raise self._broken(str(exc)) from exc
 
     def start(self, slot: str, start_lsn: int, options: Mapping[str, str]) -> None:
         plugin_options = ", ".join(f"{_identifier(k)} {_literal(v)}" for k, v in options.items())
         command = f"START_REPLICATION SLOT {_identifier(slot)} LOGICAL {lsn_text(start_lsn)} ({plugin_options})"
-        try:
-            self._conn.send_query(command.encode())
-            result = self._conn.get_result()
-        except psycopg.OperationalError as exc:
-            raise self._broken(str(exc)) from exc
+        result = self._command(command)
         if result is not None and result.status == pq.ExecStatus.COPY_BOTH:
             return
         text = _text(result.error_message if result is not None else self._conn.error_message)
