@@ -8,10 +8,10 @@ Two connections:
 - an ordinary one (sqlconn.py, after setup.py's checks) for heartbeats, the slot's restart_lsn, catalog
   look-ups of new types and slot lag; never needed for correctness, reopened when it breaks.
 
-Positions. The slot's confirmed_flush_lsn moves only to the commit LSN of a transaction that, with every
-transaction before it, is done (all its events acknowledged by the sink), or to a keepalive's WAL end
-once everything received before that keepalive is done; a crash replays at worst what was not yet
-acknowledged. Slots are never dropped. The position reported is also kept on local disk (acked.py): a
+Positions (progress.py). The slot's confirmed_flush_lsn moves only to the commit LSN of a transaction
+that, with every transaction before it, is done (all its events acknowledged by the sink) and committed
+by the pipeline, or to a keepalive's WAL end once everything received before that keepalive is; a crash
+replays at worst what was not yet acknowledged. Slots are never dropped. The position reported is also kept on local disk (acked.py): a
 slot that a server restart moved back (before PostgreSQL 17 the slot's position is often not on disk)
 is resumed where this bridge acknowledged, and what the server would resend is not published twice. The
 prior-row store keeps history back to the slot's restart_lsn (`replay_floor`), so that even a replay
