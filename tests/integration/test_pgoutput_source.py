@@ -12,6 +12,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -20,7 +21,7 @@ from bridge.changes import Op
 from bridge.errors import ConfigurationError, ServiceUnavailable
 from bridge.ports import SourceUnit
 from bridge.sources.pgoutput.source import HEARTBEAT_PREFIX, PgOutputChangeSource
-from bridge.sources.pgoutput.protocol import parse_lsn
+from bridge.sources.pgoutput.protocol import lsn_text, parse_lsn
 from legacy_db.simulate import run_simulation
 from tests.conftest import LegacyServer
 from tests.support.pgoutput_source import TABLES, drop_slot, source_settings
@@ -331,3 +332,28 @@ def test_a_mapped_table_missing_from_the_database_is_named(legacy_db_any: str, n
     assert "public.invoices" in message and "public.customers" not in message and "source.dsn" in message
     with psycopg.connect(legacy_db_any, autocommit=True) as conn:  # refused before creating anything
         assert conn.execute("SELECT count(*) FROM pg_publication WHERE pubname = %s", (names,)).fetchone()[0] == 0
+
+
+def test_a_slot_dropped_and_created_again_is_never_skipped_by_the_kept_position(legacy_db_any: str, names: str,
+                                                                               tmp_path: Path) -> None:
+    """The acknowledged position kept on disk skips only what this bridge published on this slot's history:
+    a new slot of the same name starts at the WAL's end, past it, so its transactions all come."""
+    kept = tmp_path / "acknowledged.json"
+    first = PgOutputChangeSource(settings(legacy_db_any, names), TABLES, acknowledged_path=kept)
+    try:
+        run_simulation(legacy_db_any, seed=31, count=20, durable_commits=True)
+        for unit in collect(first, 20):
+            first.done(unit)
+        acknowledged = first.commit().commit_lsn
+    finally:
+        first.close()
+    assert lsn_text(acknowledged) in kept.read_text()  # kept on disk
+    drop_slot(legacy_db_any, names)
+    again = PgOutputChangeSource(settings(legacy_db_any, names), TABLES, acknowledged_path=kept)
+    try:
+        assert again.created_slot
+        report = run_simulation(legacy_db_any, seed=37, count=10, durable_commits=True)
+        units = collect(again, 10)
+    finally:
+        again.close()
+    assert [u.transaction.xid for u in units] == [r.xid for r in report.transactions]
