@@ -91,11 +91,11 @@ def test_a_paused_walsender_gets_a_warning_saying_how_long_nothing_came(legacy_d
                                   TABLES)
     walsender = backend_pid(legacy_db_any, "cdc-bridge-stream")
     try:
-        poll_for(source, 2.0)  # heartbeats flow: no warning while the server answers
+        poll_for(source, 1.5)  # heartbeats flow: no warning while the server answers
         assert not [r for r in caplog.records if "silent" in r.getMessage()]
         os.kill(walsender, signal.SIGSTOP)
         try:
-            poll_for(source, 4.0)
+            poll_for(source, 3.0)
         finally:
             os.kill(walsender, signal.SIGCONT)
         warnings = [r for r in caplog.records if "silent" in r.getMessage()]
