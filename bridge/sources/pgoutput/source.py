@@ -16,6 +16,7 @@ position across restarts.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -29,6 +30,7 @@ from psycopg import sql
 
 from bridge.changes import Op, SourcePosition, Transaction
 from bridge.errors import ConfigurationError, ServiceUnavailable
+from bridge.pg_connect import connect_error
 from bridge.ports import SourceUnit
 from bridge.redact import redacted_dsn
 from bridge.settings import PgOutputSource
@@ -50,6 +52,7 @@ MAX_MESSAGES_PER_POLL = 5000
 # Hand over complete transactions after this long even while more messages wait: under sustained load the
 # first transaction of a long read would otherwise wait for the whole read before being published.
 MAX_READ_S_WITH_UNITS = 0.005
+CONNECT_TIMEOUT_S = 10
 
 _SLOT_SQL = ("SELECT plugin, slot_type, database, confirmed_flush_lsn::text FROM pg_replication_slots "
              "WHERE slot_name = %s")
@@ -96,12 +99,13 @@ class PgOutputChangeSource:
     # --- setup -------------------------------------------------------------------------------------
 
     def _connect_sql(self) -> psycopg.Connection[Any]:
+        """The first connection: a wrong database, user or password is a setting to fix, anything else an
+        outage to wait for (bridge/pg_connect.py tells them apart)."""
         try:
-            return psycopg.connect(self._settings.dsn, autocommit=True, application_name="cdc-bridge")
+            return psycopg.connect(self._settings.dsn, autocommit=True, application_name="cdc-bridge",
+                                   **_connect_timeout(self._settings.dsn))
         except psycopg.OperationalError as exc:
-            raise ServiceUnavailable(
-                f"cannot connect to the legacy PostgreSQL at {self._where} (source.dsn): {_first_line(exc)}; "
-                "check the address, credentials and that the server is up") from exc
+            raise connect_error(exc, where=self._where, setting="source.dsn") from exc
 
     def _prepare(self) -> None:
         """Check the server, then create what is missing: the publication first, since the slot's decoding
@@ -354,6 +358,16 @@ def _newest_position(transaction: Transaction) -> SourcePosition:
     if transaction.changes:
         return max(change.position for change in transaction.changes)
     return SourcePosition(transaction.commit_lsn, transaction.commit_lsn)
+
+
+def _connect_timeout(dsn: str) -> dict[str, int]:
+    """libpq waits for an unanswered connection as long as TCP does (minutes); while the daemon waits out an
+    outage, an attempt must end in time for a stop. The DSN's (or PGCONNECT_TIMEOUT's) own value wins."""
+    try:
+        given = "connect_timeout" in conninfo_to_dict(dsn) or "PGCONNECT_TIMEOUT" in os.environ
+    except psycopg.ProgrammingError:
+        given = False
+    return {} if given else {"connect_timeout": CONNECT_TIMEOUT_S}
 
 
 def _first_line(exc: BaseException) -> str:
