@@ -18,6 +18,9 @@ _ROLE_MISSING = re.compile(r'role "(?P<name>[^"]*)" does not exist')
 _NO_LOGIN = re.compile(r'role "(?P<name>[^"]*)" is not permitted to log in')
 _LOGIN_REFUSED = ("password authentication failed", "no password supplied", "authentication failed",
                   "no pg_hba.conf entry", "pg_hba.conf rejects connection")
+_MALFORMED = ("invalid connection option", 'missing "="', "invalid integer value", "invalid URI",
+              "invalid dsn", "unterminated quoted string", "invalid percent-encoded token",
+              "Servname not supported")  # (the last: a port that is not a number)
 _HOST_UNKNOWN = ("Name or service not known", "No address associated with hostname", "nodename nor servname",
                  "[Errno -2]", "[Errno -5]")
 
@@ -26,6 +29,10 @@ def connect_error(exc: Exception, *, where: str, setting: str) -> BridgeError:
     """The error to raise for a failed connection to `where` (a redacted DSN) configured by `setting`."""
     reason = _reason(exc)
     at = f"PostgreSQL at {where} ({setting})"
+    if any(text in reason for text in _MALFORMED):
+        return ConfigurationError(
+            f"{setting} is not a PostgreSQL URL or connection string libpq reads: {reason}. Write it as "
+            "postgresql://user@host:5432/database")
     if match := _DATABASE_MISSING.search(reason):
         return ConfigurationError(
             f"{at}: database {match['name']!r} does not exist: fix the database name in {setting}, or create it")

@@ -1,6 +1,8 @@
 """Wrong but reachable settings stop `cdc-bridge run` with one line and exit code 2, against the real
 services: a database that does not exist, a wrong password, a role without LOGIN, an unknown host, a state
-or event-log path that cannot be used, a prior-row store file that is not one, a missing DSN."""
+or event-log path that cannot be used, a prior-row store file that is not one, a missing DSN. (The start's
+checks, bridge/preflight.py, find most of them before anything opens; the same judgement applies if one
+slips past them, tests/unit/test_daemon_outages.py.)"""
 
 from __future__ import annotations
 
@@ -124,14 +126,14 @@ def test_a_state_path_that_cannot_be_created(fresh_legacy_db: str, tmp_path: Pat
     blocker = tmp_path / "a-file"  # as root, permissions do not stop anything; a file in the path does
     blocker.write_text("")
     done = run_bridge(bridge_config(tmp_path, source=pgoutput(fresh_legacy_db), state_path=blocker / "prior.sqlite"))
-    assert_one_line_input_error(done, "(state.path)", str(blocker))
+    assert_one_line_input_error(done, "state.path", str(blocker))
 
 
 def test_a_prior_row_store_file_of_random_bytes(fresh_legacy_db: str, tmp_path: Path) -> None:
     garbage = tmp_path / "prior-rows.sqlite"
     garbage.write_bytes(os.urandom(64 * 1024))
     done = run_bridge(bridge_config(tmp_path, source=pgoutput(fresh_legacy_db), state_path=garbage))
-    assert_one_line_input_error(done, f"{garbage} (state.path) is not a prior-row store")
+    assert_one_line_input_error(done, "state.path", str(garbage), "prior-row store")
 
 
 def test_an_event_log_path_that_cannot_be_created(fresh_legacy_db: str, tmp_path: Path) -> None:
@@ -139,7 +141,7 @@ def test_an_event_log_path_that_cannot_be_created(fresh_legacy_db: str, tmp_path
     blocker.write_text("")
     done = run_bridge(bridge_config(tmp_path, source=pgoutput(fresh_legacy_db),
                                     sink={"kind": "locallog", "path": str(blocker / "events")}))
-    assert_one_line_input_error(done, "(sink.path")
+    assert_one_line_input_error(done, "sink.path", str(blocker))
 
 
 def test_a_pgoutput_source_without_a_dsn_does_not_guess_one(tmp_path: Path) -> None:

@@ -25,8 +25,10 @@ RESTAURANT = Path(__file__).resolve().parents[2] / "mappings" / "restaurant.yaml
 
 
 @pytest.fixture(autouse=True)
-def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+def quick_backoff_and_no_preflight(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(supervisor, "backoff_delays", lambda: repeat(0.01))
+    # The start's checks ask the real services (bridge/preflight.py); here there are none.
+    monkeypatch.setattr(daemon, "enforce_at_start", lambda *_: None)
 
 
 @pytest.fixture
@@ -203,11 +205,16 @@ def test_an_unknown_host_is_a_typo_at_start_but_an_outage_once_running(
     assert upstream.committed == 200 and recovered.events
 
 
+def open_store(path: Path) -> Any:
+    settings = Settings(mappings=[RESTAURANT], state={"path": path})
+    return daemon._open_store(settings, daemon.preflight(settings))  # noqa: SLF001
+
+
 def test_an_unusable_state_path_is_a_configuration_error_naming_it(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
     with pytest.raises(ConfigurationError) as error:
-        daemon.run_daemon(Settings(mappings=[RESTAURANT], state={"path": blocker / "prior-rows.sqlite"}))
+        open_store(blocker / "prior-rows.sqlite")
     assert "(state.path)" in str(error.value) and str(blocker) in str(error.value)
 
 
@@ -215,7 +222,7 @@ def test_a_garbage_store_file_is_a_configuration_error_naming_it(tmp_path: Path)
     garbage = tmp_path / "prior-rows.sqlite"
     garbage.write_bytes(bytes(range(256)) * 64)
     with pytest.raises(ConfigurationError) as error:
-        daemon.run_daemon(Settings(mappings=[RESTAURANT], state={"path": garbage}))
+        open_store(garbage)
     assert "(state.path) is not a prior-row store" in str(error.value)
     assert isinstance(error.value.__cause__, sqlite3.DatabaseError)
 

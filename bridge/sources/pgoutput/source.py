@@ -104,7 +104,7 @@ class PgOutputChangeSource:
         try:
             return psycopg.connect(self._settings.dsn, autocommit=True, application_name="cdc-bridge",
                                    **_connect_timeout(self._settings.dsn))
-        except psycopg.OperationalError as exc:
+        except (psycopg.OperationalError, psycopg.ProgrammingError) as exc:  # (ProgrammingError: a malformed DSN)
             raise connect_error(exc, where=self._where, setting="source.dsn") from exc
 
     def _prepare(self) -> None:
