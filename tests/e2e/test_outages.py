@@ -31,27 +31,21 @@ from tests.support.event_checks import (
     fold,
 )
 from tests.support.local_stack import StackInfo
-from tests.support.private_services import PrivateService
+from tests.support.private_services import PrivateService, private_service
 
 DELIVERY_TIMEOUT_S = 6.0  # short, so that an outage longer than it does not make the test slow
 
 
 @pytest.fixture
 def private_kafka() -> Iterator[PrivateService]:
-    kafka = PrivateService("kafka")
-    try:
-        yield kafka.start()
-    finally:
-        kafka.remove()
+    with private_service("kafka") as kafka:
+        yield kafka
 
 
 @pytest.fixture
 def private_postgres() -> Iterator[PrivateService]:
-    server = PrivateService("postgres")
-    try:
-        yield server.start()
-    finally:
-        server.remove()
+    with private_service("postgres") as server:
+        yield server
 
 
 def log_entries(bridge: BridgeProcess) -> tuple[list[dict[str, Any]], list[str]]:
@@ -92,12 +86,24 @@ def traffic(dsn: str, seed: int, count: int, rate: float) -> tuple[threading.Thr
     return thread, result
 
 
+def finished(writer: threading.Thread, result: dict[str, Any]) -> None:
+    writer.join(timeout=300)
+    assert "report" in result, f"the simulated traffic did not finish: {result}"
+
+
 def assert_clean_log(bridge: BridgeProcess) -> list[dict[str, Any]]:
     entries, other = log_entries(bridge)
     assert not [line for line in other if line.strip()], f"lines that are not log entries:\n{other[:20]}"
     noisy = [e for e in entries if e.get("logger", "").startswith("kafka")]
     assert not noisy, f"kafka-python's own lines reached the log: {noisy[:3]}"
     return entries
+
+
+def caught_up_and_stopped(run: DirectRun, bridge: BridgeProcess) -> list[dict[str, Any]]:
+    """Wait until the slot is confirmed past everything written, then SIGTERM: exit 0 and a clean log."""
+    run.wait_caught_up(bridge, timeout_s=300)
+    assert bridge.stop() == 0, bridge.log()[-3000:]
+    return assert_clean_log(bridge)
 
 
 def assert_everything_arrived(run: DirectRun) -> list[dict[str, Any]]:
@@ -128,16 +134,12 @@ def test_kafka_stopped_longer_than_the_delivery_timeout_is_waited_for_and_nothin
         wait_until(lambda: len(messages(bridge, waiting)) >= 3, bridge, "three 'waiting for Kafka' lines")
         assert time.monotonic() - stopped_at > DELIVERY_TIMEOUT_S
         private_kafka.start()
-        writer.join(timeout=300)
-        assert "report" in result, f"the simulated traffic did not finish: {result}"
-        run.wait_caught_up(bridge, timeout_s=300)
-        exit_code = bridge.stop()
+        finished(writer, result)
+        entries = caught_up_and_stopped(run, bridge)
     finally:
         if bridge.alive():
             bridge.kill()
         run.drop_slot()
-    assert exit_code == 0, bridge.log()[-3000:]
-    entries = assert_clean_log(bridge)
     lines = [e["message"] for e in entries]
     assert any(m.startswith(f"Kafka at {bootstrap} answers again after ") for m in lines), lines[-30:]
     assert "gives up after 900 s" in messages(bridge, waiting)[0]
@@ -145,12 +147,31 @@ def test_kafka_stopped_longer_than_the_delivery_timeout_is_waited_for_and_nothin
     assert assert_everything_arrived(run) == []
 
 
-def test_kafka_away_beyond_the_outage_limit_exits_3_with_one_line(fresh_legacy_db: str, tmp_path: Path) -> None:
+def refused_kafka_config(dsn: str, tmp_path: Path, limit_s: float) -> tuple[Path, int]:
     with socket.socket() as probe:  # a port nobody listens on: connections are refused, the host is fine
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = write_e2e_config(tmp_path, source={"kind": "pgoutput", "dsn": fresh_legacy_db},
-                              sink={"bootstrap_servers": f"127.0.0.1:{port}"}, pipeline={"outage_limit_s": 12})
+    return write_e2e_config(tmp_path, source={"kind": "pgoutput", "dsn": dsn},
+                            sink={"bootstrap_servers": f"127.0.0.1:{port}"},
+                            pipeline={"outage_limit_s": limit_s}), port
+
+
+def test_sigterm_while_waiting_for_kafka_stops_at_once_with_exit_code_0(fresh_legacy_db: str, tmp_path: Path) -> None:
+    config, port = refused_kafka_config(fresh_legacy_db, tmp_path, limit_s=900)
+    bridge = BridgeProcess(config, tmp_path / "bridge.log").start()
+    try:
+        wait_until(lambda: bool(messages(bridge, f"waiting for Kafka at 127.0.0.1:{port} since ")), bridge,
+                   "a 'waiting for Kafka' line", timeout_s=120)
+        assert bridge.stop(timeout_s=60) == 0, bridge.log()[-3000:]
+    finally:
+        if bridge.alive():
+            bridge.kill()
+    assert messages(bridge, "stopped while waiting for Kafka") or messages(bridge, "stopped while Kafka")
+    assert_clean_log(bridge)
+
+
+def test_kafka_away_beyond_the_outage_limit_exits_3_with_one_line(fresh_legacy_db: str, tmp_path: Path) -> None:
+    config, port = refused_kafka_config(fresh_legacy_db, tmp_path, limit_s=12)
     done = subprocess.run([sys.executable, "-m", "bridge.cli", "run", "--config", str(config)],
                           capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
     assert done.returncode == 3, done.stderr[-3000:]
@@ -189,8 +210,7 @@ def test_a_killed_walsender_and_a_postgresql_restart_are_ridden_out_and_nothing_
         wait_until(lambda: len(run.events()) >= 50, bridge, "events before the walsender is killed")
         assert kill_walsender(dsn, run.slot) == 1
         wait_until(lambda: len(messages(bridge, waiting)) >= 1, bridge, "a 'waiting for PostgreSQL' line")
-        writer.join(timeout=300)
-        assert "report" in result, f"the simulated traffic did not finish: {result}"
+        finished(writer, result)
 
         before = len(run.events())
         writer, result = traffic(dsn, seed=43, count=100_000, rate=40)  # cut short by the restart
@@ -200,15 +220,11 @@ def test_a_killed_walsender_and_a_postgresql_restart_are_ridden_out_and_nothing_
         writer.join(timeout=60)
         private_postgres.start()
         writer, result = traffic(dsn, seed=47, count=300, rate=40)
-        writer.join(timeout=300)
-        assert "report" in result, f"the simulated traffic after the restart did not finish: {result}"
-        run.wait_caught_up(bridge, timeout_s=300)
-        exit_code = bridge.stop()
+        finished(writer, result)
+        entries = caught_up_and_stopped(run, bridge)
     finally:
         if bridge.alive():
             bridge.kill()
-    assert exit_code == 0, bridge.log()[-3000:]
-    entries = assert_clean_log(bridge)
     lines = [e["message"] for e in entries]
     assert sum(m.startswith("PostgreSQL at ") and " answers again after " in m for m in lines) >= 2, lines[-40:]
     assert entries[-1]["message"] == "stopped" and entries[-1]["restarts"] >= 2

@@ -19,7 +19,7 @@ import pytest
 
 from tests.support.bridge_process import REPO_ROOT, write_config
 from tests.support.local_stack import StackInfo
-from tests.support.private_services import PrivateService
+from tests.support.private_services import PrivateService, private_service
 
 SECRET = "s3cret-not-to-print"
 
@@ -90,16 +90,13 @@ def test_a_role_without_login(stack: StackInfo, fresh_legacy_db: str, tmp_path: 
 @pytest.fixture(scope="module")
 def password_server() -> Iterator[PrivateService]:
     """A PostgreSQL of this module that checks passwords (the session stack's trusts every local login)."""
-    server = PrivateService("postgres").start()
-    try:
+    with private_service("postgres") as server:
         with psycopg.connect(server.facts["admin_dsn"], autocommit=True) as conn:
             conn.execute("CREATE ROLE bridge_pw LOGIN REPLICATION PASSWORD 'the-right-one'")
             hba = Path(conn.execute("SHOW hba_file").fetchone()[0])  # type: ignore[index]
             hba.write_text("host all bridge_pw 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
             conn.execute("SELECT pg_reload_conf()")
         yield server
-    finally:
-        server.remove()
 
 
 def test_a_wrong_password_is_named_without_printing_it(password_server: PrivateService, tmp_path: Path) -> None:

@@ -5,6 +5,8 @@ Reaped like the session stack if the test session dies (tests/support/local_stac
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from tests.support.local_stack import _new_session_state, run_stack, stop_session_stack
@@ -31,3 +33,13 @@ class PrivateService:
 
     def remove(self) -> None:
         stop_session_stack(self.state)
+
+
+@contextmanager
+def private_service(name: str) -> Iterator[PrivateService]:
+    """The service started, and in the end stopped and its state directory removed (also when the test fails)."""
+    service = PrivateService(name)
+    try:
+        yield service.start()
+    finally:
+        service.remove()
