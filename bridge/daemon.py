@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from bridge.errors import BridgeError, ConfigurationError, DeliveryError, MappingError, ServiceUnavailable, UnresolvableHost
+from bridge.kafka_client import redacted_servers
 from bridge.mapping.loader import load_mappings
 from bridge.pipeline import Pipeline, PipelineStats
 from bridge.preflight import enforce_at_start
@@ -68,26 +68,11 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 
 def _open_store(settings: Settings, mappings: Any) -> PriorRowStore | None:
-    """The prior-row store, if rules need old rows; a path it cannot use is a setting to fix, in one line."""
+    """The prior-row store, if rules need old rows (a path it cannot use is a ConfigurationError, bridge/state.py)."""
     path = settings.state.path
     if path is None or not (needing := mappings.needs_before()):
         return None
-    try:
-        return PriorRowStore(path, tables=needing.keys())
-    except OSError as exc:
-        raise ConfigurationError(
-            f"cannot create the prior-row store {path} (state.path): {exc.strerror or exc}"
-            f"{f' ({exc.filename})' if exc.filename else ''}: make its folder writable by this user, or set "
-            "state.path to a writable place") from exc
-    except sqlite3.OperationalError as exc:
-        raise ConfigurationError(
-            f"cannot open the prior-row store {path} (state.path): {exc}: make the file and its folder writable by "
-            "this user, or set state.path to a writable place") from exc
-    except sqlite3.DatabaseError as exc:
-        raise ConfigurationError(
-            f"{path} (state.path) is not a prior-row store: {exc}. Point state.path at the store, or restore it "
-            "from a backup; if it is lost, move the file aside: a new store knows only the rows it sees from then "
-            "on, and changes whose rules need the old values of other rows are dead-lettered") from exc
+    return PriorRowStore(path, tables=needing.keys())
 
 
 def _open_sink(settings: Settings, mappings: Any) -> EventSink:
@@ -154,8 +139,9 @@ def _service_names(settings: Settings) -> dict[str, str]:
     if source.kind == "pgoutput":
         source_name = f"PostgreSQL at {redacted_dsn(source.dsn)}"
     else:
-        source_name = f"Kafka at {source.bootstrap_servers} (the Debezium topics)"
-    sink_name = f"Kafka at {sink.bootstrap_servers}" if sink.kind == "kafka" else f"the event log at {sink.path}"
+        source_name = f"Kafka at {redacted_servers(source.bootstrap_servers)} (the Debezium topics)"
+    sink_name = f"Kafka at {redacted_servers(sink.bootstrap_servers)}" if sink.kind == "kafka" else \
+        f"the event log at {sink.path}"
     return {"source": source_name, "sink": sink_name}
 
 

@@ -21,9 +21,22 @@ _NO_SUCH_NAME = {code for code in (getattr(socket, "EAI_NONAME", None), getattr(
                  if code is not None}
 
 
-def split_address(entry: str) -> tuple[str, str]:
-    """`host:port`, `[v6]:port` or a bare `host` as (host, port); the port may be ''."""
+def without_credentials(entry: str) -> str:
+    """`[SCHEME://][user:password@]host:port` without the scheme and the user info."""
     entry = entry.strip()
+    entry = entry.split("://", 1)[1] if "://" in entry else entry
+    return entry.rsplit("@", 1)[1] if "@" in entry else entry
+
+
+def redacted_servers(servers: str) -> str:
+    """A broker list as it may appear in a message or a log: no user info (a password may be in it)."""
+    return ",".join(without_credentials(entry) for entry in servers.split(",") if entry.strip())
+
+
+def split_address(entry: str) -> tuple[str, str]:
+    """`host:port`, `[v6]:port` or a bare `host` (after any scheme and user info) as (host, port); the port
+    may be ''."""
+    entry = without_credentials(entry)
     if entry.startswith("["):
         host, _, rest = entry[1:].partition("]")
         return host, rest.removeprefix(":")
@@ -41,12 +54,12 @@ def require_resolvable(servers: str, setting: str) -> None:
     for entry in entries:
         host, port = split_address(entry)
         if not host or (port and not port.isdigit()):
-            raise ConfigurationError(f"{setting}: {entry.strip()!r} is not a host:port address (e.g. kafka:9092)")
+            raise ConfigurationError(
+                f"{setting}: {without_credentials(entry)!r} is not a host:port address (e.g. kafka:9092)")
         try:
             socket.getaddrinfo(host, None)
         except socket.gaierror as exc:
             if exc.errno in _NO_SUCH_NAME:
                 raise UnresolvableHost(
-                    f"the Kafka host {host!r} in {setting} ({servers}) does not resolve ({exc.strerror}): "
-                    "fix the address") from None
+                    f"the Kafka host {host!r} in {setting} does not resolve ({exc.strerror}): fix the address") from None
             # Anything else (EAI_AGAIN: the resolver did not answer) may pass: the client reports it.

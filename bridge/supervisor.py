@@ -99,22 +99,21 @@ class Supervisor:
                 return
             if self._outage is None:  # a new outage (the last one ended with progress): backoff from the start
                 delays = backoff_delays()
-            self._failed(error)
-            outage = self._outage
-            assert outage is not None
+            outage = self._failed(error)
             waited = self._clock() - outage.since
             if waited >= self._limit_s:
                 raise ServiceUnavailable(
                     f"gave up waiting for {outage.service} after {waited:.0f} s (pipeline.outage_limit_s = "
                     f"{self._limit_s:g}): {error}. Nothing unacknowledged was committed: start the bridge again "
                     "once the service is back") from error
+            self.report_if_due()
             # The last wait ends at the limit, for one more try there.
             if self._sleep(min(next(delays), self._limit_s - waited)):
                 log.info("stopped while waiting for %s", outage.service)
                 return
             self.restarts += 1
 
-    def _failed(self, error: BridgeError) -> None:
+    def _failed(self, error: BridgeError) -> Outage:
         service = self._blame(error)
         with self._lock:
             if self._outage is None:
@@ -123,7 +122,7 @@ class Supervisor:
             else:
                 self._outage.service, self._outage.cause = service, error
             self._waiting = True
-        self.report_if_due()
+            return self._outage
 
     def running(self) -> None:
         """A new run has opened its source and sink: no more waiting lines, unless it fails again."""

@@ -4,7 +4,6 @@ turns a state or log path it cannot use into one ConfigurationError naming the s
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 from collections.abc import Iterator
 from itertools import repeat
@@ -223,8 +222,7 @@ def test_a_garbage_store_file_is_a_configuration_error_naming_it(tmp_path: Path)
     garbage.write_bytes(bytes(range(256)) * 64)
     with pytest.raises(ConfigurationError) as error:
         open_store(garbage)
-    assert "(state.path) is not a prior-row store" in str(error.value)
-    assert isinstance(error.value.__cause__, sqlite3.DatabaseError)
+    assert str(garbage) in str(error.value) and "file is not a database" in str(error.value)
 
 
 def test_an_unusable_event_log_path_is_a_configuration_error_naming_it(shop: Path, tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 import psycopg
 import psycopg.errors
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from bridge.changes import Op, SourcePosition, Transaction
 from bridge.errors import ConfigurationError, ServiceUnavailable
