@@ -117,7 +117,7 @@ def assert_everything_arrived(run: DirectRun) -> list[dict[str, Any]]:
 
 
 def test_kafka_stopped_longer_than_the_delivery_timeout_is_waited_for_and_nothing_is_lost(
-    stack: StackInfo, fresh_legacy_db: str, private_kafka: PrivateService, tmp_path: Path,
+    fresh_legacy_db: str, private_kafka: PrivateService, tmp_path: Path,
 ) -> None:
     bootstrap = private_kafka.facts["bootstrap_servers"]
     run = DirectRun(bootstrap, fresh_legacy_db, tmp_path, sink={"delivery_timeout_s": DELIVERY_TIMEOUT_S},
