@@ -38,7 +38,11 @@ def cli() -> None:
 @click.option("--exit-when-idle", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Stop (drained and committed) once nothing has been read or is in flight for this long: for batch runs.")
 def run(config_file: Path | None, exit_when_idle: float | None) -> None:
-    """Run the daemon: row changes in (Debezium, or PostgreSQL directly), domain events out, until SIGTERM."""
+    """Run the daemon: row changes in (Debezium, or PostgreSQL directly), domain events out, until SIGTERM.
+
+    An unreachable Kafka or PostgreSQL is waited for (from the committed position, a line every few seconds
+    saying what for) up to pipeline.outage_limit_s; then exit code 3. Wrong settings stop at once: exit code 2.
+    """
     from bridge.daemon import run_daemon
     from bridge.observability import configure_logging
     from bridge.settings import load_settings

@@ -3,7 +3,8 @@
 A graceful stop waits for every in-flight event to be acknowledged and commits the source position, so
 a restart neither loses nor repeats anything. A crash (kill -9) loses nothing either: the source
 position only ever moves past changes whose events were acknowledged, and replayed changes produce the
-same event ids.
+same event ids. An outage of Kafka or PostgreSQL is ridden out in the process: the run stops, commits
+what is done, closes source and sink, and the supervisor starts a new run from the committed position.
 """
 
 from __future__ import annotations
@@ -17,15 +18,18 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from bridge.errors import MappingError
+from bridge.errors import BridgeError, ConfigurationError, DeliveryError, MappingError, ServiceUnavailable, UnresolvableHost
+from bridge.kafka_client import redacted_servers
 from bridge.mapping.loader import load_mappings
 from bridge.pipeline import Pipeline, PipelineStats
 from bridge.preflight import enforce_at_start
+from bridge.redact import redacted_dsn
 from bridge.ports import ChangeSource, EventSink
 from bridge.settings import Settings
 from bridge.sinks.kafka import KafkaEventSink
 from bridge.sinks.locallog import LocalLogEventSink
 from bridge.state import PriorRowStore
+from bridge.supervisor import Supervisor
 
 log = logging.getLogger("bridge.daemon")
 
@@ -64,9 +68,23 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _open_store(settings: Settings, mappings: Any) -> PriorRowStore | None:
+    """The prior-row store, if rules need old rows (a path it cannot use is a ConfigurationError, bridge/state.py)."""
+    path = settings.state.path
+    if path is None or not (needing := mappings.needs_before()):
+        return None
+    return PriorRowStore(path, tables=needing.keys())
+
+
 def _open_sink(settings: Settings, mappings: Any) -> EventSink:
     if settings.sink.kind == "locallog":
-        return LocalLogEventSink.from_settings(settings.sink)
+        try:
+            return LocalLogEventSink.from_settings(settings.sink)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot open the local event log at {settings.sink.path} (sink.path, sink.dead_letter_path): "
+                f"{exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}: make the folder writable "
+                "by this user, or set sink.path to a writable place") from exc
     return KafkaEventSink.open(settings.sink, mappings.aggregates())
 
 
@@ -117,32 +135,142 @@ def _metrics_hook(settings: Settings, source: ChangeSource, stats: PipelineStats
     return hook
 
 
+def _close_quietly(resource: Any, what: str) -> None:
+    """Close, and only log a failure: a close error (a producer that cannot flush while its broker is away)
+    must never replace the reason the run stopped, and nothing unacknowledged was committed anyway."""
+    try:
+        resource.close()
+    except Exception as exc:  # noqa: BLE001 (any client library's error; the stop's own reason matters)
+        log.warning("closing %s failed", what, extra={"error": " ".join(str(exc).split()) or type(exc).__name__})
+
+
+def _service_names(settings: Settings) -> dict[str, str]:
+    """What the waiting line calls the source's and the sink's service."""
+    source, sink = settings.source, settings.sink
+    if source.kind == "pgoutput":
+        source_name = f"PostgreSQL at {redacted_dsn(source.dsn)}"
+    else:
+        source_name = f"Kafka at {redacted_servers(source.bootstrap_servers)} (the Debezium topics)"
+    sink_name = f"Kafka at {redacted_servers(sink.bootstrap_servers)}" if sink.kind == "kafka" else \
+        f"the event log at {sink.path}"
+    return {"source": source_name, "sink": sink_name}
+
+
+class _CommitWatch:
+    """The source as the pipeline sees it: a commit that returns a position means the run works again."""
+
+    def __init__(self, source: ChangeSource, progressed: Any) -> None:
+        self._source = source
+        self._progressed = progressed
+
+    def poll(self, timeout_s: float) -> list[Any]:
+        return self._source.poll(timeout_s)
+
+    def done(self, unit: Any) -> None:
+        self._source.done(unit)
+
+    def pending(self) -> int:
+        return self._source.pending()
+
+    def commit(self) -> Any:
+        position = self._source.commit()
+        if position is not None:
+            self._progressed()
+        return position
+
+    def close(self) -> None:
+        self._source.close()
+
+
+class _Runs:
+    """One run per call: open the sink and the source, run the pipeline until it stops; always close both.
+
+    The prior-row store and the stats outlive the runs: its position-stamped history makes a replay after
+    a restart translate exactly as the first time, and the stats add up over the whole process. With
+    metrics served, each run has its own hook, the source counts as disconnected between runs, and the
+    daemon stays live (/healthz) while it waits.
+    """
+
+    def __init__(self, settings: Settings, mappings: Any, store: PriorRowStore | None, stats: PipelineStats,
+                 stop: threading.Event, idle_exit_s: float | None, *, serving: bool) -> None:
+        self.settings, self.mappings, self.store, self.stats = settings, mappings, store, stats
+        self.stop, self.idle_exit_s, self.serving = stop, idle_exit_s, serving
+        self.services = _service_names(settings)
+        self.supervisor = Supervisor(stop=stop, limit_s=settings.pipeline.outage_limit_s, blame=self.blame,
+                                     heartbeat=_mark_alive if serving else None)
+        self.stage = "sink"  # what the current run was doing: opening the sink, the source, or running
+        self.opened = 0  # runs that opened their source and sink
+
+    def blame(self, error: BridgeError) -> str:
+        if self.stage == "run":  # delivery failures are the sink's; a source's stream or commit failed otherwise
+            return self.services["sink" if isinstance(error, DeliveryError) else "source"]
+        return self.services[self.stage]
+
+    def __call__(self) -> None:
+        settings = self.settings
+        with ExitStack() as parts:
+            try:
+                self.stage = "sink"
+                sink = _open_sink(settings, self.mappings)
+                parts.callback(_close_quietly, sink, "the sink")
+                self.stage = "source"
+                source, reading = _open_source(settings, self.mappings)
+                parts.callback(_close_quietly, source, "the source")
+            except UnresolvableHost as exc:
+                if not self.opened:
+                    raise  # at start: a typo to fix
+                # Once the bridge has run, a name that stops resolving is a service being replaced: wait for it.
+                raise ServiceUnavailable(str(exc)) from exc
+            self.opened += 1
+            self.stage = "run"
+            hook = self._metrics(source, parts)
+            pipeline = Pipeline(_CommitWatch(source, self.supervisor.progressed), sink, self.mappings,
+                                source_id=settings.source_id, prior_rows=self.store,
+                                max_in_flight_events=settings.pipeline.max_in_flight_events,
+                                commit_interval_s=settings.pipeline.commit_interval_s,
+                                on_error=settings.pipeline.on_error, stats=self.stats, metrics=hook)
+            self.supervisor.running()
+            log.info("started", extra={"source_id": settings.source_id, **reading, "rules": self.mappings.rule_count(),
+                                       **({"restarts": self.supervisor.restarts} if self.supervisor.restarts else {})})
+            pipeline.run(self.stop, idle_exit_s=self.idle_exit_s)
+
+    def _metrics(self, source: ChangeSource, parts: ExitStack) -> Any:
+        if not self.serving:
+            return None
+        from bridge.metrics import count_restart, set_source_connected
+
+        if self.opened > 1:
+            count_restart()
+        parts.callback(set_source_connected, False)  # until the next run is up
+        return _metrics_hook(self.settings, source, self.stats, parts)
+
+
+def _mark_alive() -> None:
+    from bridge.metrics import mark_alive
+
+    mark_alive()
+
+
 def run_daemon(settings: Settings, *, stop: threading.Event | None = None,
                idle_exit_s: float | None = None, stats: PipelineStats | None = None) -> PipelineStats:
     """Run until `stop` is set (or SIGTERM/SIGINT in the main thread); `stats`, if given, is kept up to date
-    while it runs, for a caller that shows progress from another thread."""
+    while it runs, for a caller that shows progress from another thread.
+
+    A retryable stop (Kafka or PostgreSQL away) is waited out and the pipeline started again from the
+    committed position, for up to pipeline.outage_limit_s (bridge/supervisor.py); then ServiceUnavailable.
+    """
     stop = stop or threading.Event()
+    stats = PipelineStats() if stats is None else stats
     mappings = preflight(settings)
     enforce_at_start(settings, mappings, log)  # bridge/preflight.py: the checks of `cdc-bridge check`
-    with ExitStack() as resources:
+    started = time.monotonic()
+    with ExitStack() as resources, _stop_on_signals(stop):
         serving = _serve_metrics(settings, resources)  # first: /healthz answers while the rest opens
-        store = None
-        if settings.state.path is not None and (needing := mappings.needs_before()):
-            store = PriorRowStore(settings.state.path, tables=needing.keys())
-            resources.callback(store.close)
-        sink = _open_sink(settings, mappings)
-        resources.callback(sink.close)
-        source, reading = _open_source(settings, mappings)
-        resources.callback(source.close)
-        stats = stats if stats is not None else PipelineStats()
-        hook = _metrics_hook(settings, source, stats, resources) if serving else None
-        pipeline = Pipeline(source, sink, mappings, source_id=settings.source_id, prior_rows=store,
-                            max_in_flight_events=settings.pipeline.max_in_flight_events,
-                            commit_interval_s=settings.pipeline.commit_interval_s,
-                            on_error=settings.pipeline.on_error, stats=stats, metrics=hook)
-        log.info("started", extra={"source_id": settings.source_id, **reading, "rules": mappings.rule_count()})
-        started = time.monotonic()
-        with _stop_on_signals(stop):
-            pipeline.run(stop, idle_exit_s=idle_exit_s)
-        log.info("stopped", extra={**pipeline.stats.as_dict(), "seconds": round(time.monotonic() - started, 1)})
-        return pipeline.stats
+        store = _open_store(settings, mappings)
+        if store is not None:
+            resources.callback(_close_quietly, store, "the prior-row store")
+        runs = _Runs(settings, mappings, store, stats, stop, idle_exit_s, serving=serving)
+        runs.supervisor.supervise(runs)
+    log.info("stopped", extra={**stats.as_dict(), "restarts": runs.supervisor.restarts,
+                               "seconds": round(time.monotonic() - started, 1)})
+    return stats

@@ -2,17 +2,21 @@
 
     BridgeError                    anything the bridge reports on purpose; `retryable` says if waiting helps
     ├── ConfigurationError         settings, command-line input or the source setup are wrong: fix, then rerun
-    │   └── MappingError           a mapping file is wrong; names file, line, rule and field
+    │   ├── MappingError           a mapping file is wrong; names file, line, rule and field
+    │   └── UnresolvableHost       a host name in the settings does not resolve (a typo, or a service not
+    │                              there yet: waited for like an outage once the bridge has run)
     ├── ChangeError                one change cannot be handled; the pipeline dead-letters it or stops (policy)
     │   ├── DecodeError            a malformed or undecodable change event (names topic, offset, column)
     │   ├── TranslationError       a mapping rule failed on a change (names rule and field)
     │   └── RecordTooLarge         an event or dead letter exceeds the sink's per-record maximum
     ├── DamagedFileError           a file the bridge keeps (the event log) is damaged: restore or repair it, rerun
-    ├── DeliveryError              an event could not be published (after the producer's own retries)
+    ├── DeliveryError              an event could not be published (after the producer's own retries);
+    │                              retryable unless the sink refused it for good
     └── ServiceUnavailable         a database or broker cannot be reached: retrying may help
 
 Every message names what is wrong, where, and what to do about it; the CLI prints it as one line
-and exits with `exit_code`.
+and exits with `exit_code`. `cdc-bridge run` waits out retryable errors (bridge/supervisor.py) up to
+pipeline.outage_limit_s before it exits 3.
 """
 
 from __future__ import annotations
@@ -24,6 +28,11 @@ class BridgeError(Exception):
     retryable: bool = False
     exit_code: int = 1
 
+    def __init__(self, *args: object, retryable: bool | None = None) -> None:
+        super().__init__(*args)
+        if retryable is not None:  # the raiser knows better than the class (a delivery refused for good)
+            self.retryable = retryable
+
 
 class ConfigurationError(BridgeError):
     """The input is wrong (a setting, a mapping, an argument); retrying the same input cannot help."""
@@ -33,6 +42,11 @@ class ConfigurationError(BridgeError):
 
 class MappingError(ConfigurationError):
     """A mapping file does not load or does not fit the change stream."""
+
+
+class UnresolvableHost(ConfigurationError):
+    """A host name in the settings does not resolve: at start almost always a typo. The daemon waits for it
+    instead once it has run (a service being replaced can drop out of DNS for a while)."""
 
 
 class ChangeError(BridgeError):
@@ -61,7 +75,11 @@ class DeliveryError(BridgeError):
     """The sink did not acknowledge an event."""
 
     retryable = True
-    exit_code = 3
+
+    @property
+    def exit_code(self) -> int:  # type: ignore[override]
+        # 3 says "retry later"; a delivery refused for good (retryable=False) is another stop.
+        return 3 if self.retryable else 1
 
 
 class ServiceUnavailable(BridgeError):

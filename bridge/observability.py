@@ -42,4 +42,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    logging.getLogger("kafka").setLevel(max(logging.WARNING, root.level))
+    # kafka-python logs every failed connection attempt (two or three lines each, many per second while a broker
+    # is away): the bridge says itself what went wrong and what it waits for, one line every few seconds.
+    # At DEBUG its warnings and errors come through, for diagnosing the client itself.
+    logging.getLogger("kafka").setLevel(logging.WARNING if root.level <= logging.DEBUG else logging.CRITICAL)

@@ -15,6 +15,8 @@ from kafka import KafkaAdminClient, TopicPartition
 from kafka.admin import OffsetSpec
 from kafka.errors import CoordinatorNotAvailableError, KafkaError
 
+from bridge.errors import ConfigurationError
+from bridge.kafka_client import require_resolvable
 from bridge.preflight import Report, stored_row_counts
 
 BOOTSTRAP_TIMEOUT_MS = 5000
@@ -22,9 +24,15 @@ BOOTSTRAP_TIMEOUT_MS = 5000
 
 @contextmanager
 def _admin(report: Report, area: str, setting: str, bootstrap: str) -> Iterator[KafkaAdminClient | None]:
-    """An admin client, or None after reporting the broker unreachable (once per address: the source's and the
-    sink's broker are often the same, and each try waits BOOTSTRAP_TIMEOUT_MS)."""
-    if any(f.unavailable and bootstrap in f.message for f in report.findings):
+    """An admin client, or None after reporting the address wrong or the broker unreachable (once per address:
+    the source's and the sink's broker are often the same, and each try waits BOOTSTRAP_TIMEOUT_MS)."""
+    if any(bootstrap in f.message for f in report.errors):
+        yield None
+        return
+    try:
+        require_resolvable(bootstrap, setting)
+    except ConfigurationError as exc:  # an unknown host: a typo to fix, not a broker to wait for
+        report.error(area, setting, str(exc))
         yield None
         return
     try:

@@ -6,13 +6,14 @@ plus a count of at most ROW_COUNT_LIMIT rows of a small table; see bridge/prefli
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from bridge.errors import ConfigurationError
 from bridge.mapping.spec import canonical_pg_type
+from bridge.pg_connect import connect_error
 from bridge.preflight import Report, stored_row_counts
 from bridge.sources.pgoutput.drift import declared_type
 
@@ -20,9 +21,6 @@ from bridge.sources.pgoutput.drift import declared_type
 ROW_COUNT_LIMIT = 10_000
 # A store that has seen fewer than this share of a big table's estimated rows is reported.
 COVERAGE_TOLERANCE = 0.9
-# A refused connection or a timeout may pass; these say the input is wrong.
-_INPUT_ERRORS = re.compile(r"does not exist|password authentication failed|no pg_hba\.conf entry|"
-                           r"authentication failed|invalid (connection option|dsn|integer value)|missing \"=\"", re.I)
 
 _IDENTITY = {"d": "DEFAULT", "f": "FULL", "i": "USING INDEX", "n": "NOTHING"}
 
@@ -67,13 +65,13 @@ def check_direct_source(report: Report, settings: Any, mappings: Any) -> None:
     try:
         conn = psycopg.connect(source.dsn, autocommit=True, connect_timeout=5, application_name="cdc-bridge check")
     except psycopg.Error as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        if _INPUT_ERRORS.search(reason):
-            report.error("source", "source.dsn", f"PostgreSQL at {where} refuses the connection: {reason}; "
-                                                 "fix source.dsn (database, user, password)")
+        # The same judgement as the source's own connect (bridge/pg_connect.py): a setting to fix, or a server to
+        # wait for.
+        error = connect_error(exc, where=where, setting="source.dsn")
+        if isinstance(error, ConfigurationError):
+            report.error("source", "source.dsn", str(error))
         else:
-            report.unreachable("source", "source.dsn", f"cannot reach PostgreSQL at {where}: {reason}; check the "
-                                                       "address and that the server is up")
+            report.unreachable("source", "source.dsn", str(error))
         return
     with conn:
         server = conn.execute(_SERVER_SQL).fetchone()

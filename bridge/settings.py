@@ -64,7 +64,8 @@ class PgOutputSource(_Section):
     """PostgreSQL's logical replication stream (pgoutput), read directly: no Kafka Connect needed."""
 
     kind: Literal["pgoutput"] = "pgoutput"
-    dsn: str = Field("postgresql://postgres@127.0.0.1:5432/restaurant", description="the legacy database")
+    # No default: a guessed database (the old postgres@127.0.0.1:5432/restaurant) would be read without a word.
+    dsn: str = Field(description="the legacy database, e.g. postgresql://bridge@legacy-host:5432/restaurant")
     schema_name: str = "public"
     slot_name: str = "cdc_bridge"
     publication_name: str = "cdc_bridge"
@@ -149,6 +150,9 @@ class PipelineSettings(_Section):
     max_in_flight_events: int = Field(20000, gt=0, description="events sent but not yet acknowledged")
     commit_interval_s: float = Field(1.0, gt=0)
     on_error: Literal["dead_letter", "stop"] | None = Field(None, description="overrides every mapping's policy")
+    outage_limit_s: float = Field(
+        300.0, ge=0, description="how long to wait for an unreachable Kafka or PostgreSQL (with backoff, from the "
+                                 "committed position) before stopping with exit code 3; 0 stops at once")
 
 
 class MetricsSettings(_Section):
@@ -219,7 +223,7 @@ def load_settings(config_file: Path | None) -> Settings:
         settings = Settings(**data)
     except ValidationError as exc:
         where = str(config_file) if config_file else "settings"
-        problems = "; ".join(f"{_setting_name(error['loc'])}: {error['msg']}" for error in exc.errors())
+        problems = "; ".join(_problem(error) for error in exc.errors())
         raise ConfigurationError(
             f"{where}: {problems} (environment variables BRIDGE_<SECTION>__<FIELD> override the file)") from None
     note_secrets_in(settings)
@@ -236,6 +240,14 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 
 
 _VARIANTS = {"debezium", "pgoutput", "kafka", "locallog"}
+
+
+def _problem(error: Any) -> str:
+    name = _setting_name(error["loc"])
+    if error["type"] == "missing":
+        variable = "BRIDGE_" + "__".join(name.upper().split("."))
+        return f"{name}: required and not given: set it in the file or with the environment variable {variable}"
+    return f"{name}: {error['msg']}"
 
 
 def _setting_name(loc: tuple[Any, ...]) -> str:

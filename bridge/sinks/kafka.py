@@ -1,7 +1,8 @@
 """Publish domain events to Kafka: CloudEvents binary mode, key = aggregate id, acks=all, idempotent.
 
 kafka-python's producer retries on its own within `delivery_timeout_s`; whatever still fails reaches
-the delivery callback as an error, and the pipeline stops rather than lose the event.
+the delivery callback as an error, and the pipeline stops rather than lose the event (the daemon then
+waits for the broker and starts again from the committed position).
 
 Size: the broker refuses a record batch larger than the topic's `max.message.bytes`, and would do so
 again at every restart. So the sink reads that limit of its topics at start, takes the smaller of it
@@ -17,11 +18,18 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import ConfigResource, NewTopic
-from kafka.errors import KafkaError, MessageSizeTooLargeError, TopicAlreadyExistsError
+from kafka.errors import (
+    KafkaConfigurationError,
+    KafkaConnectionError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    TopicAlreadyExistsError,
+)
 from kafka.record.default_records import DefaultRecordBatchBuilder
 
-from bridge.errors import DeliveryError, RecordTooLarge, ServiceUnavailable
+from bridge.errors import ConfigurationError, DeliveryError, RecordTooLarge, ServiceUnavailable
 from bridge.events import DomainEvent
+from bridge.kafka_client import CLIENT_BACKOFF, require_resolvable
 from bridge.ports import DeliveryCallback
 from bridge.settings import KafkaSink
 from bridge.sinks.dead_letters import encode_dead_letter
@@ -29,6 +37,7 @@ from bridge.sinks.dead_letters import encode_dead_letter
 log = logging.getLogger(__name__)
 
 MAX_BATCH_BYTES = 256 * 1024  # producer batches, unless the size limit is smaller
+CLOSE_TIMEOUT_S = 10.0
 
 
 class KafkaEventSink:
@@ -36,6 +45,7 @@ class KafkaEventSink:
     def open(cls, settings: KafkaSink, aggregates: list[tuple[str, str]]) -> KafkaEventSink:
         """The sink for these (namespace, aggregate type) pairs: topics created if missing (create_topics),
         the size limit read from them, topic metadata fetched."""
+        require_resolvable(settings.bootstrap_servers, "sink.bootstrap_servers")
         topics = sorted(_topics_for(settings, aggregates))
         admin = _admin(settings)
         try:
@@ -55,6 +65,7 @@ class KafkaEventSink:
         self._settings = settings
         self.max_message_bytes = min(max_message_bytes or settings.max_message_bytes, settings.max_message_bytes)
         self._limited_by = limited_by
+        delivery_timeout_ms = int(settings.delivery_timeout_s * 1000)
         try:
             self._producer = KafkaProducer(
                 bootstrap_servers=settings.bootstrap_servers.split(","),
@@ -63,16 +74,22 @@ class KafkaEventSink:
                 max_in_flight_requests_per_connection=5,  # idempotence keeps order with up to 5
                 linger_ms=settings.linger_ms,
                 compression_type=settings.compression_type,
-                delivery_timeout_ms=int(settings.delivery_timeout_s * 1000),
+                delivery_timeout_ms=delivery_timeout_ms,
+                # kafka-python refuses a delivery timeout below linger + request timeout (30 s by default):
+                # a short sink.delivery_timeout_s shortens the request timeout with it.
+                request_timeout_ms=max(1, min(30_000, delivery_timeout_ms - settings.linger_ms - 1)),
                 bootstrap_timeout_ms=int(settings.bootstrap_timeout_s * 1000),
                 # A batch holds several records up to batch_size, or one larger record: both within the limit.
                 batch_size=min(MAX_BATCH_BYTES, self.max_message_bytes),
                 max_request_size=self.max_message_bytes,
                 client_id="cdc-bridge",
+                **CLIENT_BACKOFF,
             )
+        except KafkaConfigurationError as exc:
+            raise ConfigurationError(f"the Kafka producer refuses the sink settings: {exc}") from exc
         except KafkaError as exc:  # kafka-python 3 raises KafkaTimeoutError when bootstrap fails
             raise ServiceUnavailable(
-                f"no Kafka broker answers at {settings.bootstrap_servers} (sink.bootstrap_servers); "
+                f"no Kafka broker answers at {settings.bootstrap_servers} (sink.bootstrap_servers): {exc}; "
                 "check the address and that the broker is up"
             ) from exc
         self._topics: dict[tuple[str, str], str] = {}
@@ -113,7 +130,7 @@ class KafkaEventSink:
         try:
             future = self._producer.send(topic, key=key, value=value, headers=headers)
         except KafkaError as exc:
-            on_delivery(DeliveryError(f"could not send {what} to {topic}: {exc}"))
+            on_delivery(_delivery_error(exc, what, topic))
             return
         future.add_callback(lambda _metadata: on_delivery(None))
         future.add_errback(lambda exc: on_delivery(_delivery_error(exc, what, topic)))
@@ -125,7 +142,26 @@ class KafkaEventSink:
             raise DeliveryError(f"flushing the producer failed: {exc}") from exc
 
     def close(self) -> None:
-        self._producer.close(timeout=10)
+        """Deliver what is in flight if the broker answers within CLOSE_TIMEOUT_S; otherwise abandon it (its
+        changes were not acknowledged to the source, so they are read again) and still release the client.
+
+        kafka-python's close flushes first and, when that times out, raises before stopping its I/O thread:
+        a close during a broker outage would leave the producer half open and hide the error being handled.
+        """
+        try:
+            self._producer.close(timeout=CLOSE_TIMEOUT_S)
+            return
+        except KafkaError as exc:
+            log.warning("Kafka did not take the producer's last records before close; they are abandoned and "
+                        "their changes will be read again", extra={"error": str(exc)})
+        sender = getattr(self._producer, "_sender", None)
+        if sender is not None:  # fails the unsent batches, so the second close's flush has nothing to wait for
+            sender.force_close()
+            sender.join(CLOSE_TIMEOUT_S)
+        try:
+            self._producer.close(timeout=0)
+        except KafkaError as exc:
+            log.warning("the Kafka producer did not close cleanly", extra={"error": str(exc)})
 
 
 def _topics_for(settings: KafkaSink, aggregates: list[tuple[str, str]]) -> set[str]:
@@ -136,10 +172,10 @@ def _topics_for(settings: KafkaSink, aggregates: list[tuple[str, str]]) -> set[s
 def _admin(settings: KafkaSink) -> KafkaAdminClient:
     try:
         return KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers.split(","), client_id="cdc-bridge",
-                                bootstrap_timeout_ms=int(settings.bootstrap_timeout_s * 1000))
+                                bootstrap_timeout_ms=int(settings.bootstrap_timeout_s * 1000), **CLIENT_BACKOFF)
     except KafkaError as exc:
         raise ServiceUnavailable(
-            f"no Kafka broker answers at {settings.bootstrap_servers} (sink.bootstrap_servers); "
+            f"no Kafka broker answers at {settings.bootstrap_servers} (sink.bootstrap_servers): {exc}; "
             "check the address and that the broker is up") from exc
 
 
@@ -184,8 +220,12 @@ def size_limit(admin: KafkaAdminClient, settings: KafkaSink, topics: Iterable[st
     return limit, limited_by
 
 
-def _delivery_error(exc: Exception, what: str, topic: str) -> DeliveryError:
+def _delivery_error(exc: BaseException, what: str, topic: str) -> DeliveryError:
+    """Waiting can help when kafka-python says so (a timeout, a lost broker); a record refused for good (not
+    authorised, say) is refused again, and stops the bridge (exit 1) instead of being retried."""
     if isinstance(exc, MessageSizeTooLargeError):  # checked before sending: the topic's limit shrank since start
+        # Retryable: the daemon's next run reopens the sink, which reads the new limit and dead-letters the record.
         return DeliveryError(f"Kafka refused {what} on {topic} as too large ({exc}): the topic's max.message.bytes "
-                             "was lowered after the bridge started; restart it so it reads the new limit")
-    return DeliveryError(f"Kafka did not acknowledge {what} on {topic}: {exc}")
+                             "was lowered after the sink opened; reopening it reads the new limit", retryable=True)
+    retryable = bool(getattr(exc, "retriable", False)) or isinstance(exc, KafkaConnectionError)
+    return DeliveryError(f"Kafka did not acknowledge {what} on {topic}: {exc}", retryable=retryable)

@@ -42,6 +42,9 @@ def free_port() -> int:
 
 def require_port_free(port: int, service: str) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the servers themselves bind: a service stopped a moment ago leaves its closed connections in
+        # TIME_WAIT for a minute, which must not keep it from starting again on its port (a listener still does).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError as exc:

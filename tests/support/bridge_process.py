@@ -21,9 +21,11 @@ def write_config(path: Path, **settings: Any) -> Path:
     return path
 
 
-def write_e2e_config(workdir: Path, *, source: dict[str, Any], sink: dict[str, Any]) -> Path:
+def write_e2e_config(workdir: Path, *, source: dict[str, Any], sink: dict[str, Any],
+                     pipeline: dict[str, Any] | None = None) -> Path:
     """`workdir`/bridge.yaml for an end-to-end run: the restaurant mappings, a prior-row store in `workdir`,
-    frequent commits (tests wait for them) and JSON logs; only the source and sink differ between tests."""
+    frequent commits (tests wait for them) and JSON logs; the source and sink differ between tests, and
+    `pipeline` may add settings."""
     return write_config(
         workdir / "bridge.yaml",
         source_id="legacy-restaurant",
@@ -31,7 +33,7 @@ def write_e2e_config(workdir: Path, *, source: dict[str, Any], sink: dict[str, A
         source=source,
         sink=sink,
         state={"path": str(workdir / "prior-rows.sqlite")},
-        pipeline={"commit_interval_s": 0.5},
+        pipeline={"commit_interval_s": 0.5, **(pipeline or {})},
         logging={"level": "INFO", "format": "json"},
     )
 

@@ -77,8 +77,9 @@ def _variant(value: str) -> str:
 
 
 def _run_config(source: str, sink: str = "{kind: locallog, path: '{work}/events'}") -> str:
+    # outage_limit_s 0: a refused connection ends the run at once (exit 3) instead of being waited for
     return (f"mappings: ['{MAPPINGS}']\nsource: {source}\nsink: {sink}\nstate: {{path: '{{work}}/prior-rows.sqlite'}}\n"
-            "logging: {level: DEBUG}\n")
+            "pipeline: {outage_limit_s: 0}\nlogging: {level: DEBUG}\n")
 
 
 def _pgoutput(dsn: str) -> str:

@@ -33,7 +33,7 @@ def test_the_commented_pgoutput_source_in_the_example_is_valid_and_says_the_defa
         block.append(line[2:])
     values = yaml.safe_load("\n".join(block))["source"]
     source = PgOutputSource(**values)
-    defaults = PgOutputSource()
+    defaults = PgOutputSource(dsn=values["dsn"])  # the DSN has no default
     for name in values.keys() - {"dsn"}:
         assert getattr(source, name) == getattr(defaults, name), f"the example's {name} is not the default"
 

@@ -18,11 +18,12 @@ from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.coordinator.assignors.range import RangePartitionAssignor
-from kafka.errors import KafkaError
+from kafka.errors import KafkaConfigurationError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from bridge.changes import SourcePosition, Transaction
-from bridge.errors import ChangeError, DecodeError, ServiceUnavailable
+from bridge.errors import ChangeError, ConfigurationError, DecodeError, ServiceUnavailable
+from bridge.kafka_client import CLIENT_BACKOFF, require_resolvable
 from bridge.ports import SourceUnit, UndecodableRow
 from bridge.settings import DebeziumSource
 from bridge.sources.debezium.lenient import transaction_place
@@ -77,6 +78,7 @@ class DebeziumKafkaSource:
         self._owned: set[TopicPartition] = set()
         self._last_safe: SourcePosition | None = None
 
+        require_resolvable(settings.bootstrap_servers, "source.bootstrap_servers")
         try:
             self._consumer = KafkaConsumer(
                 bootstrap_servers=settings.bootstrap_servers.split(","),
@@ -92,10 +94,13 @@ class DebeziumKafkaSource:
                 # Static membership: a restarted bridge takes its partitions back at once instead of
                 # waiting out the dead instance's session; a second instance with the same id is fenced.
                 group_instance_id=settings.group_instance_id,
+                **CLIENT_BACKOFF,
             )
+        except KafkaConfigurationError as exc:
+            raise ConfigurationError(f"the Kafka consumer refuses the source settings: {exc}") from exc
         except KafkaError as exc:  # kafka-python 3 raises KafkaTimeoutError when bootstrap fails
             raise ServiceUnavailable(
-                f"no Kafka broker answers at {settings.bootstrap_servers} (source.bootstrap_servers); "
+                f"no Kafka broker answers at {settings.bootstrap_servers} (source.bootstrap_servers): {exc}; "
                 "check the address and that the broker is up") from exc
         self._consumer.subscribe(topics=self._topics, listener=_Rebalances(self))
 

@@ -24,6 +24,7 @@ reset, no answer in time) is a ServiceUnavailable naming what broke: a new sourc
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -33,6 +34,7 @@ import psycopg
 
 from bridge.changes import Op, SourcePosition, Transaction
 from bridge.errors import BridgeError, ConfigurationError, ServiceUnavailable
+from bridge.pg_connect import connect_error
 from bridge.ports import SourceUnit
 from bridge.redact import redacted_dsn
 from bridge.settings import PgOutputSource
@@ -114,10 +116,9 @@ class PgOutputChangeSource:
         try:
             conn = psycopg.connect(self._settings.dsn, autocommit=True, application_name="cdc-bridge-setup",
                                    connect_timeout=max(2, round(self._settings.connect_timeout_s)))
-        except psycopg.OperationalError as exc:
-            raise ServiceUnavailable(
-                f"cannot connect to the legacy PostgreSQL at {self._where} (source.dsn): {first_line(exc)}; "
-                "check the address, credentials and that the server is up") from exc
+        except (psycopg.OperationalError, psycopg.ProgrammingError) as exc:  # (ProgrammingError: a malformed DSN)
+            # A wrong database, user or password is a setting to fix, anything else an outage to wait for.
+            raise connect_error(exc, where=self._where, setting="source.dsn") from exc
         try:
             return prepare(conn, self._settings, self._tables, self._where)
         except psycopg.OperationalError as exc:
