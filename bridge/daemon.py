@@ -156,32 +156,6 @@ def _service_names(settings: Settings) -> dict[str, str]:
     return {"source": source_name, "sink": sink_name}
 
 
-class _CommitWatch:
-    """The source as the pipeline sees it: a commit that returns a position means the run works again."""
-
-    def __init__(self, source: ChangeSource, progressed: Any) -> None:
-        self._source = source
-        self._progressed = progressed
-
-    def poll(self, timeout_s: float) -> list[Any]:
-        return self._source.poll(timeout_s)
-
-    def done(self, unit: Any) -> None:
-        self._source.done(unit)
-
-    def pending(self) -> int:
-        return self._source.pending()
-
-    def commit(self) -> Any:
-        position = self._source.commit()
-        if position is not None:
-            self._progressed()
-        return position
-
-    def close(self) -> None:
-        self._source.close()
-
-
 class _Runs:
     """One run per call: open the sink and the source, run the pipeline until it stops; always close both.
 
@@ -224,11 +198,12 @@ class _Runs:
             self.opened += 1
             self.stage = "run"
             hook = self._metrics(source, parts)
-            pipeline = Pipeline(_CommitWatch(source, self.supervisor.progressed), sink, self.mappings,
+            pipeline = Pipeline(source, sink, self.mappings,
                                 source_id=settings.source_id, prior_rows=self.store,
                                 max_in_flight_events=settings.pipeline.max_in_flight_events,
                                 commit_interval_s=settings.pipeline.commit_interval_s,
-                                on_error=settings.pipeline.on_error, stats=self.stats, metrics=hook)
+                                on_error=settings.pipeline.on_error, stats=self.stats, metrics=hook,
+                                on_commit=lambda _position: self.supervisor.progressed())
             self.supervisor.running()
             log.info("started", extra={"source_id": settings.source_id, **reading, "rules": self.mappings.rule_count(),
                                        **({"restarts": self.supervisor.restarts} if self.supervisor.restarts else {})})

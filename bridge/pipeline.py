@@ -15,10 +15,11 @@ import queue
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.changes import RowChange
+from bridge.changes import RowChange, SourcePosition
 from bridge.errors import BridgeError, ConfigurationError, DeliveryError, RecordTooLarge
 from bridge.events import DomainEvent
 from bridge.mapping.translate import translate
@@ -80,8 +81,10 @@ class Pipeline:
     def __init__(self, source: ChangeSource, sink: EventSink, mappings: Any, *, source_id: str,
                  prior_rows: PriorRowStore | None, max_in_flight_events: int = 20000,
                  commit_interval_s: float = 1.0, on_error: str | None = None,
-                 stats: PipelineStats | None = None, metrics: Any | None = None) -> None:
+                 stats: PipelineStats | None = None, metrics: Any | None = None,
+                 on_commit: Callable[[SourcePosition], None] | None = None) -> None:
         self.source = source
+        self.on_commit = on_commit  # told each position the source committed (the supervisor: "working again")
         self.sink = sink
         self.mappings = mappings
         self.source_id = source_id
@@ -305,6 +308,8 @@ class Pipeline:
         if self.prior_rows is not None:
             self.prior_rows.flush()
         safe = self.source.commit()
+        if safe is not None and self.on_commit is not None:
+            self.on_commit(safe)
         if safe is not None and self.prior_rows is not None:
             # A replay can start before what was committed (a slot moved back): keep history back to there.
             floor = self.source.replay_floor() if isinstance(self.source, ReplaysFromFloor) else None
