@@ -21,7 +21,7 @@ import pytest
 from legacy_db.simulate import run_simulation
 from tests.conftest import DebeziumCapture
 from tests.e2e.test_debezium_to_domain_events import Run
-from tests.e2e.test_pgoutput_to_domain_events import DirectRun
+from tests.support.direct_run import DirectRun
 from tests.support.bridge_process import BridgeProcess, wait_caught_up
 from tests.support.event_checks import (
     assert_ordered_per_aggregate,
@@ -64,7 +64,7 @@ def seed() -> int:
 
 def test_twenty_kills_of_the_direct_bridge_lose_nothing(stack: StackInfo, fresh_legacy_db: str, tmp_path: Path,
                                                         seed: int) -> None:
-    run = DirectRun(stack, fresh_legacy_db, tmp_path)
+    run = DirectRun(stack.bootstrap_servers, fresh_legacy_db, tmp_path)
     rng = random.Random(seed)
     result: dict = {}
     traffic = _traffic(run.dsn, seed, result)

@@ -21,7 +21,8 @@ from kafka import KafkaProducer
 
 from tests.conftest import DebeziumCapture
 from tests.e2e.test_debezium_to_domain_events import Run
-from tests.e2e.test_pgoutput_to_domain_events import DirectRun, direct_run  # noqa: F401 (fixture)
+from tests.e2e.test_pgoutput_to_domain_events import direct_run  # noqa: F401 (fixture)
+from tests.support.direct_run import DirectRun
 from tests.support.bridge_process import BridgeProcess, wait_caught_up
 from tests.support.kafka_reading import wait_for
 from tests.support.local_stack import StackInfo
