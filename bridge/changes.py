@@ -13,11 +13,11 @@ placeholder string.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 
 class Op(StrEnum):
@@ -112,17 +112,58 @@ class RowChange:
         return self.op is Op.READ
 
 
+class StoredChanges(Protocol):
+    """A large transaction's changes held outside memory (spilled to disk), read back when iterated.
+
+    Iterating reads them in order in bounded memory; ``len`` is known without reading. Whoever takes such a
+    transaction must not gather its changes into one list (translate it in slices) and must `close` it
+    when done with it.
+    """
+
+    newest_position: SourcePosition  # the greatest change position, known without reading the changes back
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[RowChange]: ...
+
+    def __getitem__(self, ordinal: int) -> RowChange: ...
+
+    def tables(self) -> Collection[tuple[str, str]]:
+        """(schema, table) of every table with changes in the transaction."""
+
+    def of_table(self, schema: str, table: str) -> Sequence[RowChange]:
+        """That table's changes, in order, read back on demand (an empty sequence when it has none)."""
+
+    def close(self) -> None:
+        """Release the storage; the changes cannot be read afterwards."""
+
+
 @dataclass(frozen=True, slots=True)
 class Transaction:
     """All changes of one committed legacy transaction, in the order they were made.
 
-    A snapshot read or a change without transaction metadata forms a transaction of its own.
+    A snapshot read or a change without transaction metadata forms a transaction of its own. `changes` is a
+    tuple, or for a transaction too large to hold in memory a :class:`StoredChanges` (pgoutput spills those
+    to disk): iterate it, never gather it.
     """
 
     xid: int | None
     commit_lsn: int
     commit_time: datetime
-    changes: tuple[RowChange, ...]
+    changes: tuple[RowChange, ...] | StoredChanges
 
     def tables(self) -> set[str]:
+        stored = getattr(self.changes, "tables", None)
+        if stored is not None:
+            return {table for _, table in stored()}
         return {change.table for change in self.changes}
+
+    def newest_position(self) -> SourcePosition:
+        """The greatest change position (the commit's own when there are no changes): where a source may
+        acknowledge up to once the transaction is done. Never reads stored changes back."""
+        known = getattr(self.changes, "newest_position", None)
+        if known is not None:
+            return known
+        if self.changes:
+            return max(change.position for change in self.changes)
+        return SourcePosition(self.commit_lsn, self.commit_lsn)

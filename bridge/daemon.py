@@ -94,9 +94,12 @@ def _open_source(settings: Settings, mappings: Any) -> tuple[ChangeSource, dict[
         from bridge.redact import redacted_dsn
         from bridge.sources.pgoutput.drift import MappingContract
         from bridge.sources.pgoutput.source import PgOutputChangeSource
+        from bridge.sources.pgoutput.spill import SpillPolicy
 
+        spill = SpillPolicy(settings.pipeline.spill_changes, settings.pipeline.spill_directory(settings.state.path))
+        spill.prepare()
         pg = PgOutputChangeSource(settings.source, tables=mappings.tables(), contract=MappingContract.of(mappings),
-                                  acknowledged_path=acknowledged_path(settings))
+                                  acknowledged_path=acknowledged_path(settings), spill=spill)
         return pg, {"source": "pgoutput", "dsn": redacted_dsn(settings.source.dsn), "slot": settings.source.slot_name,
                     "publication": settings.source.publication_name}
     from bridge.sources.debezium.source import DebeziumKafkaSource
@@ -203,7 +206,8 @@ class _Runs:
                                 max_in_flight_events=settings.pipeline.max_in_flight_events,
                                 commit_interval_s=settings.pipeline.commit_interval_s,
                                 on_error=settings.pipeline.on_error, stats=self.stats, metrics=hook,
-                                on_commit=lambda _position: self.supervisor.progressed())
+                                on_commit=lambda _position: self.supervisor.progressed(),
+                                slice_changes=settings.pipeline.spill_changes)
             self.supervisor.running()
             log.info("started", extra={"source_id": settings.source_id, **reading, "rules": self.mappings.rule_count(),
                                        **({"restarts": self.supervisor.restarts} if self.supervisor.restarts else {})})

@@ -131,7 +131,8 @@ class PipelineMetrics:
         self._last_flush = self._last_lag = 0.0
         self._lag_failed = False
 
-    def transaction(self, transaction: Any, result: Any, heartbeat: bool) -> None:
+    def transaction(self, transaction: Any, result: Any, heartbeat: bool, *, first_slice: bool = True) -> None:
+        """One translated transaction, or one slice of a large one (counted as a transaction with its first)."""
         changes = self._changes
         for change in transaction.changes:
             changes[(change.table, change.op)] += 1
@@ -140,7 +141,7 @@ class PipelineMetrics:
             events[event.type] += 1
         for letter in result.dead_letters:
             self._letters[(letter.rule_id, dead_letter_reason(letter.error))] += 1
-        self._transactions += not heartbeat
+        self._transactions += not heartbeat and first_slice
 
     def undecodable(self, count: int = 1) -> None:
         self._letters[("", "undecodable")] += count

@@ -6,6 +6,9 @@ flushed before every source commit, so a replay never finds the store behind the
 Nothing is dropped silently: each change is published, dead-lettered, or the pipeline stops with a reason.
 An event (or dead letter) larger than the sink takes is replaced by a bounded dead letter in the same
 unit, so one oversized row cannot stop the stream at every restart.
+
+A transaction larger than `slice_changes` is translated and published a slice at a time (_handle), so
+neither its changes nor its events are ever held all at once, and the source is kept alive in between.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 from bridge.changes import RowChange, SourcePosition
 from bridge.errors import BridgeError, ConfigurationError, DeliveryError, RecordTooLarge
 from bridge.events import DomainEvent
-from bridge.mapping.translate import translate
+from bridge.mapping.translate import TranslatedSlice, translate_in_slices
 from bridge.ports import ChangeSource, EventSink, ReplaysFromFloor, SourceUnit
 from bridge.sinks.dead_letters import (
     dead_letter_for_change,
@@ -41,6 +44,7 @@ PROGRESS_INTERVAL_S = 30.0
 # 40-180 ms at 2,000 transactions/s, and every transaction arriving meanwhile waited that long.
 PRIOR_ROWS_FLUSH_BATCH = 500
 PRIOR_ROWS_PRUNE_BATCH = 200
+DEFAULT_SLICE_CHANGES = 10_000
 
 
 class PipelineStopped(BridgeError):
@@ -82,7 +86,8 @@ class Pipeline:
                  prior_rows: PriorRowStore | None, max_in_flight_events: int = 20000,
                  commit_interval_s: float = 1.0, on_error: str | None = None,
                  stats: PipelineStats | None = None, metrics: Any | None = None,
-                 on_commit: Callable[[SourcePosition], None] | None = None) -> None:
+                 on_commit: Callable[[SourcePosition], None] | None = None,
+                 slice_changes: int = DEFAULT_SLICE_CHANGES) -> None:
         self.source = source
         self.on_commit = on_commit  # told each position the source committed (the supervisor: "working again")
         self.sink = sink
@@ -92,10 +97,11 @@ class Pipeline:
         self.max_in_flight = max_in_flight_events
         self.commit_interval_s = commit_interval_s
         self.on_error_override = on_error
+        self.slice_changes = slice_changes
         self.stats = PipelineStats() if stats is None else stats  # given: a caller watches it from another thread
         self.metrics = metrics  # bridge/metrics.py's PipelineMetrics, or None: told per transaction and loop turn
         self._completions: queue.SimpleQueue[tuple[int, Exception | None]] = queue.SimpleQueue()
-        self._waiting: dict[int, list[Any]] = {}  # unit id -> [unit, deliveries outstanding]
+        self._waiting: dict[int, list[Any]] = {}  # unit id -> [unit, deliveries outstanding, deliveries in all]
         self._in_flight = 0
         self._next_id = 0
 
@@ -144,39 +150,69 @@ class Pipeline:
             raise
 
     def _handle(self, unit: SourceUnit) -> None:
+        """Translate and publish one unit; the source hears it is done once every delivery is acknowledged.
+
+        A transaction above `slice_changes` goes a slice at a time; in between, the pipeline waits for room
+        in flight and keeps the source alive. A dead letter with policy stop in a later slice stops the
+        pipeline after earlier slices were published: that is safe only because the unit is never done, so
+        its position is never acknowledged and a restart translates the whole transaction again, giving the
+        same event ids (consumers deduplicate on them).
+        """
         if unit.error is not None:
             self._handle_undecodable(unit)
             return
         transaction = unit.transaction
         assert transaction is not None
-        result = translate(transaction, self.mappings, source_id=self.source_id, prior_rows=self.prior_rows,
-                           stopped_rules=unit.stopped_rules)
         self.stats.transactions += not unit.heartbeat  # the source's keep-alives are not legacy transactions
-        self.stats.changes += len(transaction.changes)
+        unit_id = self._track(unit, 0, held=True)  # held open until its last slice is published
+        stored = None if type(transaction.changes) is tuple else transaction.changes  # spilled to disk
+        try:
+            slices = translate_in_slices(transaction, self.mappings, source_id=self.source_id,
+                                         prior_rows=self.prior_rows, slice_changes=self.slice_changes,
+                                         stopped_rules=unit.stopped_rules)
+            after_others = False
+            for part in slices:  # (not enumerate: its reused result tuple would hold the slice on)
+                self._publish_slice(unit_id, unit, part, after_others=after_others)
+                if not part.last:
+                    del part  # the next slice is translated while this one would wait: hold one at a time
+                    self._between_slices()
+                    after_others = True
+        finally:
+            if stored is not None:
+                stored.close()
+        if self.prior_rows is not None and self.prior_rows.buffered >= PRIOR_ROWS_FLUSH_BATCH:
+            self.prior_rows.flush()  # ahead of the source is safe: entries carry their positions
+        self._release(unit_id)
+
+    def _publish_slice(self, unit_id: int, unit: SourceUnit, part: TranslatedSlice, *, after_others: bool) -> None:
+        result = part.result
+        self.stats.changes += len(part.changes)
         self.stats.unmatched.update(result.unmatched)
         self.stats.ignored.update(result.ignored)
         if self.metrics is not None:
-            self.metrics.transaction(transaction, result, unit.heartbeat)
+            self.metrics.transaction(part, result, unit.heartbeat, first_slice=not after_others)
         letters = []
         for letter in result.dead_letters:
             if self._policy(letter) == "stop":
+                published = "" if not after_others else (
+                    " Earlier slices of this large transaction were published, but it is not acknowledged: a "
+                    "restart publishes them again with the same ids.")
                 raise PipelineStopped(
                     f"rule {letter.rule_id!r} failed on {letter.change.qualified_table} at {letter.change.position} "
                     f"({letter.change.source_ref}): {letter.error}. Policy is 'stop': fix the mapping or the data "
-                    "and restart; nothing after this change was acknowledged.")
+                    f"and restart; nothing after this change was acknowledged.{published}")
             log.warning("dead letter", extra={"table": letter.change.table, "rule": letter.rule_id,
                                               "position": str(letter.change.position), "error": str(letter.error)})
             letters.append(dead_letter_for_change(letter, self.source_id))
-        if self.prior_rows is not None:
-            self.prior_rows.record(transaction)
-            if self.prior_rows.buffered >= PRIOR_ROWS_FLUSH_BATCH:
-                self.prior_rows.flush()  # ahead of the source is safe: entries carry their positions
-        letters.extend(self._undecodable_rows(unit))
+        if not after_others:
+            letters.extend(self._undecodable_rows(unit))
         deliveries = len(result.events) + len(letters)
         if deliveries == 0:
-            self.source.done(unit)
             return
-        unit_id = self._track(unit, deliveries)
+        entry = self._waiting[unit_id]
+        entry[1] += deliveries
+        entry[2] += deliveries
+        self._in_flight += deliveries
         self.stats.events += len(result.events)
         self.stats.dead_letters += len(letters)
         for event in result.events:
@@ -185,6 +221,22 @@ class Pipeline:
             self.sink.publish(event, self._callback(unit_id, event))
         for record, key in letters:
             self._publish_letter(unit_id, _Letter(record, key))
+
+    def _between_slices(self) -> None:
+        """Before the next slice of a large transaction: write the prior rows recorded so far in batches, wait
+        for room in flight, and let the source keep its connection alive (a replication stream that reports
+        nothing for wal_sender_timeout is ended by the server)."""
+        if self.prior_rows is not None and self.prior_rows.buffered >= PRIOR_ROWS_FLUSH_BATCH:
+            self.prior_rows.flush()
+        self._collect(block=False)
+        self.source.keep_alive()
+        while self._in_flight >= self.max_in_flight:
+            self._collect(block=True, timeout_s=1.0)
+            self.source.keep_alive()
+        now = time.monotonic()
+        self.stats.last_activity = now
+        if self.metrics is not None:
+            self.metrics.turn(now, self._in_flight)  # alive: /healthz must not take a long transaction for a hang
 
     def _undecodable_rows(self, unit: SourceUnit) -> list[tuple[dict[str, Any], bytes | None]]:
         """Dead letters for the rows of `unit`'s transaction that could not be decoded: they belong to it,
@@ -258,8 +310,9 @@ class Pipeline:
 
     def _change_at(self, unit_id: int, event: DomainEvent) -> RowChange | None:
         transaction = self._waiting[unit_id][0].transaction
-        changes = transaction.changes if transaction is not None else ()
-        return next((change for change in changes if change.position == event.position), None)
+        if transaction is None or type(transaction.changes) is not tuple:
+            return None  # a transaction spilled to disk is closed once translated: the event names its position
+        return next((change for change in transaction.changes if change.position == event.position), None)
 
     def _rule_policy(self, rule_id: str) -> str:
         if self.on_error_override:
@@ -270,11 +323,22 @@ class Pipeline:
     def _policy(self, letter: Any) -> str:
         return self.on_error_override or getattr(letter, "on_error", "dead_letter")
 
-    def _track(self, unit: SourceUnit, deliveries: int) -> int:
+    def _track(self, unit: SourceUnit, deliveries: int, *, held: bool = False) -> int:
+        """Wait for `deliveries` acknowledgements of `unit`; `held`: and for `_release`, however many come."""
         self._next_id += 1
-        self._waiting[self._next_id] = [unit, deliveries]
+        self._waiting[self._next_id] = [unit, deliveries + held, deliveries]
         self._in_flight += deliveries
         return self._next_id
+
+    def _release(self, unit_id: int) -> None:
+        """Every delivery of a held unit is published: it is done once they are acknowledged (or now)."""
+        entry = self._waiting[unit_id]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self._waiting[unit_id]
+            self.source.done(entry[0])
+            if self.metrics is not None and entry[2]:  # (a unit with nothing to publish has no latency)
+                self.metrics.published(entry[0])
 
     def _callback(self, unit_id: int, subject: DomainEvent | _Letter):  # noqa: ANN202 (runs on the sink's I/O thread)
         put = self._completions.put

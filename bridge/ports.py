@@ -61,6 +61,10 @@ class ChangeSource(Protocol):
     def pending(self) -> int:
         """Records read but not yet done (held for assembly or waiting for delivery): 0 means idle."""
 
+    def keep_alive(self) -> None:
+        """The pipeline is busy with one large unit and will not poll for a while: keep the upstream
+        connection from timing out (without handing out or acknowledging anything)."""
+
     def close(self) -> None: ...
 
 

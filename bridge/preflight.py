@@ -101,6 +101,8 @@ def check(settings: Any, mappings: Any) -> Report:
         from bridge.preflight_postgres import check_direct_source
 
         check_direct_source(report, settings, mappings)
+        spill = settings.pipeline.spill_directory(settings.state.path)
+        _check_writable(report, "source", "pipeline.spill_path", spill, f"the spill files of large transactions in {spill}")
     else:
         from bridge.preflight_kafka import check_debezium_source
 

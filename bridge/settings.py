@@ -7,6 +7,7 @@ raise ConfigurationError with one line per problem naming the file and the setti
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -153,6 +154,17 @@ class PipelineSettings(_Section):
     outage_limit_s: float = Field(
         300.0, ge=0, description="how long to wait for an unreachable Kafka or PostgreSQL (with backoff, from the "
                                  "committed position) before stopping with exit code 3; 0 stops at once")
+    spill_changes: int = Field(
+        10000, gt=0, description="a transaction with more changes is translated and published in slices of this "
+                                 "many, and the direct source (pgoutput) holds it on disk instead of in memory")
+    spill_path: Path | None = Field(
+        None, description="the directory for large transactions' spill files (unnamed, owner-only); "
+                          "default: spill/ beside state.path, else the system's temporary directory")
+
+    def spill_directory(self, state_path: Path | None) -> Path:
+        if self.spill_path is not None:
+            return self.spill_path
+        return state_path.parent / "spill" if state_path is not None else Path(tempfile.gettempdir()) / "cdc-bridge-spill"
 
 
 class MetricsSettings(_Section):
@@ -263,7 +275,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     if isinstance(resolved.get("mappings"), list):
         resolved["mappings"] = [str(base / p) if not Path(p).is_absolute() else p for p in resolved["mappings"]]
     for section, keys in (("state", ("path",)), ("sink", ("path", "dead_letter_path")),
-                          ("source", ("acknowledged_path",))):
+                          ("source", ("acknowledged_path",)), ("pipeline", ("spill_path",))):
         values = resolved.get(section)
         if isinstance(values, dict):
             resolved[section] = {**values, **{key: str(base / values[key]) for key in keys

@@ -13,6 +13,9 @@ The file holds customers' personal data: it and its -wal/-shm files are owner-on
 directories created for it (0700). Rows are stored as tagged JSON (bridge.rowcodec), never as pickles, so
 the file holds data that cannot run; `PRAGMA user_version` marks that format (stores of older versions,
 pickled, are converted once at open by bridge.state_upgrade).
+
+Which keys may have history to prune is remembered in memory up to TOUCHED_IN_MEMORY keys, beyond that in
+temporary tables: a transaction of millions of rows must not hold every key it wrote in memory.
 """
 
 from __future__ import annotations
@@ -44,6 +47,14 @@ CREATE TABLE IF NOT EXISTS {table} (
     PRIMARY KEY (tbl, row_key, commit_lsn, change_lsn, seq)
 ) WITHOUT ROWID;
 """
+# Prune bookkeeping that outgrew memory: keys written since the last schedule_prune, and keys scheduled.
+_PRUNE_SCHEMA = """
+CREATE TEMP TABLE IF NOT EXISTS touched_keys (tbl TEXT, row_key TEXT, PRIMARY KEY (tbl, row_key)) WITHOUT ROWID;
+CREATE TEMP TABLE IF NOT EXISTS prune_keys (
+    tbl TEXT, row_key TEXT, commit_lsn INTEGER, change_lsn INTEGER, seq INTEGER, PRIMARY KEY (tbl, row_key)
+) WITHOUT ROWID;
+"""
+TOUCHED_IN_MEMORY = 20_000
 
 log = logging.getLogger("bridge.state")
 
@@ -67,6 +78,9 @@ class PriorRowStore:
         self._touched: set[tuple[str, str]] = set()
         # Keys whose history at or before a committed position may go, pruned a slice at a time.
         self._prunable: list[tuple[tuple[int, int, int], tuple[str, str]]] = []
+        self._db.executescript(_PRUNE_SCHEMA)
+        self._touched_on_disk = False  # touched_keys has rows
+        self._prunable_on_disk = 0  # rows in prune_keys
 
     def keeps(self, table: str) -> bool:
         return self._tables is None or table in self._tables
@@ -142,8 +156,12 @@ class PriorRowStore:
         ]
         self._db.execute("BEGIN")
         self._db.executemany("INSERT OR REPLACE INTO prior_rows VALUES (?, ?, ?, ?, ?, ?)", rows)
-        self._db.execute("COMMIT")
         self._touched.update(self._buffer)
+        if len(self._touched) > TOUCHED_IN_MEMORY:
+            self._db.executemany("INSERT OR IGNORE INTO touched_keys VALUES (?, ?)", self._touched)
+            self._touched.clear()
+            self._touched_on_disk = True
+        self._db.execute("COMMIT")
         self._buffer.clear()
         self._buffered = 0
 
@@ -158,17 +176,27 @@ class PriorRowStore:
         c = (committed.commit_lsn, committed.change_lsn, committed.seq)
         self._prunable.extend((c, key) for key in self._touched)
         self._touched.clear()
+        if self._touched_on_disk:
+            self._db.execute("BEGIN")
+            self._db.execute("INSERT OR REPLACE INTO prune_keys SELECT tbl, row_key, ?, ?, ? FROM touched_keys", c)
+            self._db.execute("DELETE FROM touched_keys")
+            self._db.execute("COMMIT")
+            self._touched_on_disk = False
+            self._prunable_on_disk = self._db.execute("SELECT count(*) FROM prune_keys").fetchone()[0]
 
     def prune_some(self, limit: int | None) -> int:
         """Prune up to `limit` scheduled keys (all when None); returns how many remain scheduled.
 
         A key pruned later than scheduled, with its older committed position, only keeps more history: safe.
         """
-        if not self._prunable:
+        if not self._prunable and not self._prunable_on_disk:
             return 0
         count = len(self._prunable) if limit is None else min(limit, len(self._prunable))
-        batch, self._prunable = self._prunable[-count:], self._prunable[:-count]
+        keep = len(self._prunable) - count
+        batch, self._prunable = self._prunable[keep:], self._prunable[:keep]
         self._db.execute("BEGIN")
+        if self._prunable_on_disk and (limit is None or count < limit):
+            batch += self._take_prunable_from_disk(None if limit is None else limit - count)
         for c, (table, key) in batch:
             self._db.execute(
                 "DELETE FROM prior_rows WHERE tbl = ?1 AND row_key = ?2 AND (commit_lsn, change_lsn, seq) < "
@@ -177,7 +205,14 @@ class PriorRowStore:
                 (table, key, *c),
             )
         self._db.execute("COMMIT")
-        return len(self._prunable)
+        return len(self._prunable) + self._prunable_on_disk
+
+    def _take_prunable_from_disk(self, limit: int | None) -> list[tuple[tuple[int, int, int], tuple[str, str]]]:
+        rows = self._db.execute("SELECT tbl, row_key, commit_lsn, change_lsn, seq FROM prune_keys LIMIT ?",
+                                (-1 if limit is None else limit,)).fetchall()
+        self._db.executemany("DELETE FROM prune_keys WHERE tbl = ? AND row_key = ?", [row[:2] for row in rows])
+        self._prunable_on_disk -= len(rows)
+        return [((c, lsn, seq), (table, key)) for table, key, c, lsn, seq in rows]
 
     def close(self) -> None:
         self.flush()

@@ -45,7 +45,8 @@ from bridge.events import to_json_value
 from bridge.mapping.compiled import CompiledMappings
 from bridge.mapping.loader import load_mappings
 from bridge.mapping.spec import shape_problems
-from bridge.mapping.translate import InMemoryPriorRows, TranslationResult, translate
+from bridge.mapping.prior_rows import InMemoryPriorRows
+from bridge.mapping.translate import TranslationResult, translate
 from bridge.mapping.yaml_lines import YamlDocument, field_path, read_yaml
 
 _BASE_TIME = datetime(2024, 1, 1, 12, 0, tzinfo=timezone.utc)

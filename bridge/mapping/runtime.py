@@ -9,32 +9,32 @@ delete only the key. A rule that reads ``before`` or ``changed`` then gets the o
 when it actually reads it, from (1) the change itself when its before image is complete, (2) an earlier
 change of the same row in this transaction (the overlay), (3) the PriorRows provider. Without any of
 them the rule fails with an error saying how to fix it.
+
+A transaction too large for memory (its changes a bridge.changes.StoredChanges, read back from disk) is
+translated in slices (translate.translate_in_slices): the overlay then holds only the current slice, since the
+slices before it are recorded in the PriorRows provider, which answers for them at their positions; its
+tables are read back per table, collect indexes hold positions rather than changes, and ``tx`` reads a table
+only when an expression asks for it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import heapq
+from array import array
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from bridge.changes import UNKNOWN, Op, RowChange, Transaction
+from bridge.changes import UNKNOWN, Op, RowChange, StoredChanges, Transaction
+from bridge.mapping.prior_rows import PriorRows, fill_unknown, row_key
 from bridge.mapping.values import EvalError
 
 if TYPE_CHECKING:
     from bridge.mapping.compiled import CompiledMappings
-    from bridge.mapping.translate import PriorRows
 
+__all__ = ["ChangeContext", "TxIndex", "TxView", "fill_unknown", "missing_before_message", "row_key"]
 
-def row_key(key: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
-    """A hashable identity of a row's primary key, independent of the key columns' order."""
-    items = tuple(key.items())
-    return items if len(items) < 2 else tuple(sorted(items, key=lambda item: item[0]))
-
-
-def fill_unknown(after: Mapping[str, Any], before: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    """``after`` with each UNKNOWN replaced by the old value (an unchanged TOAST value did not change)."""
-    if before is None or not any(value is UNKNOWN for value in after.values()):
-        return after
-    return {column: before.get(column, UNKNOWN) if value is UNKNOWN else value for column, value in after.items()}
+# `tx.<table>` of a stored transaction is rebuilt from disk on every read above this many changes.
+_VIEW_CACHE_CHANGES = 10_000
 
 
 class _MissingBefore(Exception):
@@ -48,16 +48,18 @@ _NO_IMAGE_OPS = frozenset({Op.CREATE, Op.READ, Op.TRUNCATE, Op.MESSAGE})
 class TxIndex:
     """What one transaction's translation shares: changes by table, the overlay of rows it already wrote."""
 
-    __slots__ = ("_by_table", "_indexes", "_view", "mappings", "overlay", "prior", "tx")
+    __slots__ = ("_by_table", "_indexes", "_stored", "_view", "mappings", "overlay", "prior", "tx")
 
     def __init__(self, tx: Transaction, prior: PriorRows | None, mappings: CompiledMappings) -> None:
         self.tx, self.prior, self.mappings = tx, prior, mappings
         self.overlay: dict[tuple[str, str], dict[Any, Any]] = {}
+        self._stored: StoredChanges | None = None if type(tx.changes) is tuple else tx.changes  # type: ignore[assignment]
         self._by_table: dict[tuple[str, str], list[RowChange]] | None = None
-        self._view: TxView | None = None
-        self._indexes: dict[tuple[str, str, str], dict[Any, list[RowChange]] | None] = {}
+        self._view: Mapping[str, tuple[Mapping[str, Any], ...]] | None = None
+        # Per (schema, table, column): value -> the changes (positions in changes_of, when stored) with it.
+        self._indexes: dict[tuple[str, str, str], dict[Any, Any] | None] = {}
 
-    def lookup(self, schema: str, table: str, column: str, value: Any) -> list[RowChange] | None:
+    def lookup(self, schema: str, table: str, column: str, value: Any) -> Iterable[RowChange] | None:
         """Changes of ``table`` whose row has ``column == value``, in order; None: scan instead."""
         key = (schema, table, column)
         if key not in self._indexes:
@@ -66,34 +68,50 @@ class TxIndex:
         if index is None:
             return None
         try:
-            return index.get(value, [])
+            found = index.get(value, ())
         except TypeError:  # an unhashable value (a list): let the scan compare it
             return None
+        if self._stored is None or not found:
+            return found
+        changes = self.changes_of(schema, table)
+        return (changes[i] for i in found)  # read back one by one: a match may be most of the transaction
 
-    def _build_index(self, schema: str, table: str, column: str) -> dict[Any, list[RowChange]] | None:
-        index: dict[Any, list[RowChange]] = {}
-        for change in self.changes_of(schema, table):
+    def _build_index(self, schema: str, table: str, column: str) -> dict[Any, Any] | None:
+        index: dict[Any, Any] = {}
+        stored = self._stored is not None
+        for position, change in enumerate(self.changes_of(schema, table)):
             row = change.after if change.after is not None else change.before
             value = row.get(column, UNKNOWN) if row is not None else None
             if value is UNKNOWN:
                 return None  # reading it must fail as it would in a scan
             try:
-                index.setdefault(value, []).append(change)
+                hits = index.get(value)
+                if hits is None:
+                    hits = index[value] = array("q") if stored else []
             except TypeError:
                 return None
+            hits.append(position if stored else change)
         return index
 
-    def changes_of(self, schema: str, table: str) -> list[RowChange]:
+    def changes_of(self, schema: str, table: str) -> Sequence[RowChange]:
+        if self._stored is not None:
+            return self._stored.of_table(schema, table)
         if self._by_table is None:
             self._by_table = {}
             for change in self.tx.changes:
                 self._by_table.setdefault((change.schema, change.table), []).append(change)
         return self._by_table.get((schema, table), [])
 
-    def view(self) -> TxView:
+    def view(self) -> Mapping[str, tuple[Mapping[str, Any], ...]]:
         if self._view is None:
-            self._view = TxView(self.tx)
+            self._view = TxView(self.tx) if self._stored is None else StoredTxView(self._stored)
         return self._view
+
+    def next_slice(self) -> None:
+        """The changes translated so far were recorded in the PriorRows provider (translate_in_slices does
+        that between slices): it answers for them from now on, at their positions, so the overlay can go."""
+        if self.prior is not None:
+            self.overlay.clear()
 
     def before_image(self, change: RowChange) -> Mapping[str, Any] | None:
         if change.op in _NO_IMAGE_OPS:
@@ -141,8 +159,20 @@ class TxIndex:
         if change.op is Op.DELETE:
             rows[row_key(change.key)] = _DELETED
         elif change.after is not None:
-            known_before = ctx.resolved_before() if ctx is not None else None
+            known_before = None
+            if ctx is not None and ctx._resolved:
+                known_before = ctx._before
+            elif change.op is Op.UPDATE and any(value is UNKNOWN for value in change.after.values()):
+                # No rule read the old row, yet it fills what the stream left out, as the prior-row store
+                # does when it records the change: a later slice reads this row there, and must agree.
+                known_before = ctx.before_if_known() if ctx is not None else self._before_if_known(change)
             rows[row_key(change.key)] = fill_unknown(change.after, known_before)
+
+    def _before_if_known(self, change: RowChange) -> Mapping[str, Any] | None:
+        try:
+            return self.before_image(change)
+        except _MissingBefore:
+            return None
 
 
 class TxView(Mapping[str, tuple[Mapping[str, Any], ...]]):
@@ -162,6 +192,33 @@ class TxView(Mapping[str, tuple[Mapping[str, Any], ...]]):
 
     def __len__(self) -> int:
         return len(self._tables)
+
+
+class StoredTxView(Mapping[str, tuple[Mapping[str, Any], ...]]):
+    """``tx.<table>`` of a transaction held on disk: a table is read back only when an expression asks for it."""
+
+    def __init__(self, changes: StoredChanges) -> None:
+        self._changes = changes
+        self._names = list(dict.fromkeys(table for _, table in changes.tables()))  # first-seen order, as TxView
+        self._cached: dict[str, tuple[Mapping[str, Any], ...]] = {}
+
+    def __getitem__(self, table: str) -> tuple[Mapping[str, Any], ...]:
+        cached = self._cached.get(table)
+        if cached is not None:
+            return cached
+        parts = [self._changes.of_table(schema, name) for schema, name in self._changes.tables() if name == table]
+        ordered = parts[0] if len(parts) == 1 else heapq.merge(*parts, key=lambda change: change.position)
+        rows = tuple({"op": change.op.value, "before": change.before, "after": change.after, "key": change.key}
+                     for change in ordered)
+        if len(rows) <= _VIEW_CACHE_CHANGES:
+            self._cached[table] = rows
+        return rows
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 class ChangeContext:
@@ -186,8 +243,15 @@ class ChangeContext:
             self._resolved = True
         return self._before
 
-    def resolved_before(self) -> Mapping[str, Any] | None:
-        return self._before if self._resolved else None
+    def before_if_known(self) -> Mapping[str, Any] | None:
+        """The old row, or None when nothing has it (where ``before`` would fail)."""
+        if not self._resolved:
+            try:
+                self._before = self.txi.before_image(self.change)
+            except _MissingBefore:
+                return None
+            self._resolved = True
+        return self._before
 
     def changed(self) -> frozenset[str]:
         if self._changed is None:

@@ -12,72 +12,29 @@ when it actually reads it, from (1) the change itself when its before image is c
 change of the same row in this transaction (the overlay), (3) the PriorRows provider. Without any of
 them the rule fails with a TranslationError saying how to fix it. (That lookup, and what else one
 transaction's translation shares, is in runtime.py; what compiled rules call is in closures.py.)
+
+A transaction can also be translated in slices (:func:`translate_in_slices`), so that a very large one is
+never held as one list of changes and events: the events are exactly those of translating it whole.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from itertools import islice
+from typing import Any
 
 from bridge.changes import Op, RowChange, Transaction
 from bridge.errors import TranslationError
 from bridge.events import DomainEvent, event_id, sequence_of
 from bridge.mapping.closures import build_object
 from bridge.mapping.compiled import CompiledMappings, CompiledRule, Scope
-from bridge.mapping.runtime import ChangeContext, TxIndex, fill_unknown, row_key
+from bridge.mapping.prior_rows import InMemoryPriorRows, PriorRows, RecordingPriorRows
+from bridge.mapping.runtime import ChangeContext, TxIndex
 
-__all__ = ["DeadLetter", "InMemoryPriorRows", "PriorRows", "TranslationResult", "translate"]
-
-
-class PriorRows(Protocol):
-    """Where the bridge finds a row's old values when the change stream did not carry them."""
-
-    def before_image(self, change: RowChange) -> Mapping[str, Any] | None:
-        """The row as it was before ``change`` (looked up by ``change.old_key or change.key``), or None."""
-
-
-class InMemoryPriorRows:
-    """Last-seen rows in a dict: for tests and short runs. The daemon's durable store has the same protocol.
-
-    Filled by :meth:`remember` / :meth:`remember_transaction` after each translated transaction (snapshot
-    reads and changes alike). An UNKNOWN (unchanged TOAST) value never overwrites a known one.
-    """
-
-    def __init__(self) -> None:
-        self._tables: dict[tuple[str, str], dict[tuple[tuple[str, Any], ...], Mapping[str, Any]]] = {}
-
-    def before_image(self, change: RowChange) -> Mapping[str, Any] | None:
-        key = change.old_key or change.key
-        rows = self._tables.get((change.schema, change.table))
-        return None if rows is None or not key else rows.get(row_key(key))
-
-    def put(self, schema: str, table: str, key: Mapping[str, Any], row: Mapping[str, Any]) -> None:
-        self._tables.setdefault((schema, table), {})[row_key(key)] = dict(row)
-
-    def remember(self, change: RowChange) -> None:
-        rows = self._tables.setdefault((change.schema, change.table), {})
-        if change.op is Op.TRUNCATE:
-            rows.clear()
-        if change.old_key:
-            rows.pop(row_key(change.old_key), None)
-        if not change.key:
-            return
-        identity = row_key(change.key)
-        if change.op is Op.DELETE:
-            rows.pop(identity, None)
-        elif change.after is not None and change.op in (Op.CREATE, Op.UPDATE, Op.READ):
-            rows[identity] = fill_unknown(change.after, rows.get(identity))
-
-    def remember_transaction(self, tx: Transaction) -> None:
-        for change in tx.changes:
-            self.remember(change)
-
-    record = remember_transaction  # the name the pipeline's durable store (bridge.state) uses
-
-    def __len__(self) -> int:
-        return sum(len(rows) for rows in self._tables.values())
+__all__ = ["DeadLetter", "InMemoryPriorRows", "PriorRows", "TranslatedSlice", "TranslationResult", "translate",
+           "translate_in_slices"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +60,15 @@ class TranslationResult:
     rule_hits: Counter[str] = field(default_factory=Counter)  # per rule id: changes it emitted for or ignored
 
 
+@dataclass(slots=True)  # (not frozen: one is made per transaction, and a frozen __init__ costs more)
+class TranslatedSlice:
+    """One slice of a transaction translated in slices: its changes (in order) and what they gave."""
+
+    changes: tuple[RowChange, ...]
+    result: TranslationResult
+    last: bool  # no slice follows
+
+
 def translate(tx: Transaction, mappings: CompiledMappings, *, source_id: str,
               prior_rows: PriorRows | None = None, stopped_rules: Mapping[str, str] | None = None) -> TranslationResult:
     """Translate one committed transaction.
@@ -115,10 +81,58 @@ def translate(tx: Transaction, mappings: CompiledMappings, *, source_id: str,
     which may read the very column whose values no longer mean what the rule expects.
     """
     result = TranslationResult()
+    _translate_changes(tx.changes, TxIndex(tx, prior_rows, mappings), mappings, source_id, result, stopped_rules)
+    return result
+
+
+def translate_in_slices(tx: Transaction, mappings: CompiledMappings, *, source_id: str,
+                        prior_rows: RecordingPriorRows | None, slice_changes: int,
+                        stopped_rules: Mapping[str, str] | None = None) -> Iterator[TranslatedSlice]:
+    """Translate one committed transaction `slice_changes` changes at a time, recording each slice in `prior_rows`.
+
+    The events, dead letters and counts of all slices together are exactly those of :func:`translate` (same
+    ids and bytes): rules still see the whole transaction (collect, ``tx``), and a change finds the rows the
+    transaction wrote in earlier slices in `prior_rows`, at their positions, as it would in the overlay.
+    Each slice's changes are recorded in `prior_rows` when the caller asks for the next slice, or ends the
+    iteration; a caller that stops early (a dead letter with policy stop) leaves that slice unrecorded, like
+    a transaction translated whole and never recorded. Without `prior_rows` the overlay spans the slices.
+    `stopped_rules` as for :func:`translate`.
+    """
     txi = TxIndex(tx, prior_rows, mappings)
+    total = len(tx.changes)
+    done = 0
+    for part in _slices(tx.changes, slice_changes):
+        done += len(part)
+        result = TranslationResult()
+        _translate_changes(part, txi, mappings, source_id, result, stopped_rules)
+        yield TranslatedSlice(part, result, last=done >= total)
+        if prior_rows is not None:
+            prior_rows.record(tx if part is tx.changes else Transaction(
+                xid=tx.xid, commit_lsn=tx.commit_lsn, commit_time=tx.commit_time, changes=part))
+            txi.next_slice()
+        del part, result  # before the next slice is read: one slice in memory at a time
+
+
+def _slices(changes: Sequence[RowChange], size: int) -> Iterator[tuple[RowChange, ...]]:
+    """`changes` in tuples of `size` (one empty tuple for no changes); stored changes are read in order once."""
+    if type(changes) is tuple:
+        for start in range(0, max(len(changes), 1), size):
+            yield changes if start == 0 and len(changes) <= size else changes[start:start + size]
+        return
+    read = iter(changes)
+    while True:
+        part = tuple(islice(read, size))
+        if not part:
+            return
+        yield part
+        del part  # not held while the next one is read
+
+
+def _translate_changes(changes: Iterable[RowChange], txi: TxIndex, mappings: CompiledMappings, source_id: str,
+                       result: TranslationResult, stopped_rules: Mapping[str, str] | None) -> None:
     source = f"/cdc-bridge/{source_id}"
     index = mappings.index
-    for change in tx.changes:
+    for change in changes:
         if change.op is Op.MESSAGE:
             continue  # logical messages are not row changes; nothing maps them (yet)
         rules = index.get((change.schema, change.table, change.op))
@@ -159,7 +173,6 @@ def translate(tx: Transaction, mappings: CompiledMappings, *, source_id: str,
         if not matched and not failed:
             result.unmatched[change.table] += 1
         txi.record(change, ctx)
-    return result
 
 
 def _silenced(ignores: tuple[CompiledRule, ...], ctx: ChangeContext, result: TranslationResult,

@@ -21,7 +21,8 @@ import pytest
 
 from bridge.changes import UNKNOWN, Op, RowChange, SourcePosition, Transaction
 from bridge.mapping.loader import load_mappings
-from bridge.mapping.translate import InMemoryPriorRows, translate
+from bridge.mapping.prior_rows import InMemoryPriorRows
+from bridge.mapping.translate import translate
 from legacy_db import actions as a
 from legacy_db.planner import plan
 from legacy_db.tables import metadata

@@ -19,7 +19,8 @@ from bridge.changes import (
 from bridge.events import encode_data, event_id, sequence_of
 from bridge.mapping.loader import load_mappings
 from bridge.mapping.spec import CompiledMappings
-from bridge.mapping.translate import InMemoryPriorRows, translate
+from bridge.mapping.prior_rows import InMemoryPriorRows
+from bridge.mapping.translate import translate
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 HEADER = """\

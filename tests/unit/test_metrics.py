@@ -79,6 +79,32 @@ def test_the_hook_counts_changes_events_dead_letters_latency_and_lag(tmp_path: P
     assert value("cdc_bridge_events_in_flight") == 0
 
 
+def test_a_transaction_in_slices_counts_once_and_keeps_the_health_beat(tmp_path: Path) -> None:
+    from tests.unit.test_pipeline import AckingSource, _large_unit
+
+    mapping = tmp_path / "shop.yaml"
+    mapping.write_text(MAPPING.format(policy="dead_letter"))
+    sink = FakeSink()
+    unit = _large_unit([Decimal(i) for i in range(1, 11)])  # 10 changes in 4 slices of 3
+    source = AckingSource([unit], sink)
+    before = {"changes": value("cdc_bridge_changes_total", table="orders", op="c"),
+              "transactions": value("cdc_bridge_transactions_total"),
+              "latency": value("cdc_bridge_commit_to_publish_seconds_count")}
+    pipeline = Pipeline(source, sink, load_mappings([mapping]), source_id="test", prior_rows=None,
+                        max_in_flight_events=4, slice_changes=3)
+    pipeline.metrics = hook = metrics.PipelineMetrics(source, pipeline.stats, lag_interval_s=3600.0)
+    metrics.HEALTH.last_beat = 0.0
+    pipeline._handle(source.poll(0)[0])  # the loop never turns meanwhile: the slices must beat for it
+    assert metrics.HEALTH.last_beat > 0.0
+    sink.ack_all()
+    while not source.done_units:
+        pipeline._collect(block=True, timeout_s=5)
+    hook.flush()
+    assert value("cdc_bridge_changes_total", table="orders", op="c") - before["changes"] == 10
+    assert value("cdc_bridge_transactions_total") - before["transactions"] == 1
+    assert value("cdc_bridge_commit_to_publish_seconds_count") - before["latency"] == 1
+
+
 def test_dead_letter_reasons_are_a_small_fixed_set() -> None:
     assert metrics.dead_letter_reason("needs the old row of public.orders ({'id': 1}), but ...") == "missing_old_row"
     assert metrics.dead_letter_reason("rule 'r', field 'f': after.x is unknown (an unchanged TOAST value ...") \

@@ -5,6 +5,7 @@ failed delivery never lets the source move past the change."""
 from __future__ import annotations
 
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from bridge.changes import Op, RowChange, SourcePosition, Transaction
 from bridge.daemon import preflight
 from bridge.errors import DecodeError, DeliveryError, MappingError
 from bridge.mapping.loader import load_mappings
+from bridge.mapping.translate import translate
 from bridge.pipeline import Pipeline, PipelineStopped
 from bridge.ports import SourceUnit
 from bridge.settings import Settings
@@ -43,6 +45,7 @@ class FakeSource:
         self.queued = list(units)
         self.done_units: list[SourceUnit] = []
         self.commits = 0
+        self.keep_alives = 0
 
     def poll(self, timeout_s: float) -> list[SourceUnit]:
         units, self.queued = self.queued[:1], self.queued[1:]
@@ -58,6 +61,9 @@ class FakeSource:
     def pending(self) -> int:
         return 0
 
+    def keep_alive(self) -> None:
+        self.keep_alives += 1
+
     def close(self) -> None: ...
 
 
@@ -68,10 +74,12 @@ class FakeSink:
         self.sent: list[tuple[str, Any]] = []
         self.callbacks: list[Any] = []
         self.fail = fail
+        self.most_unacknowledged = 0
 
     def publish(self, event: Any, on_delivery: Any) -> None:
         self.sent.append(("event", event))
         self.callbacks.append(on_delivery)
+        self.most_unacknowledged = max(self.most_unacknowledged, len(self.callbacks))
 
     def publish_dead_letter(self, record: dict, key: bytes | None, on_delivery: Any) -> None:
         self.sent.append(("dead_letter", record))
@@ -95,13 +103,92 @@ def _unit(order_id: int, total: Any, lsn: int) -> SourceUnit:
     return SourceUnit(Transaction(xid=lsn, commit_lsn=lsn + 8, commit_time=T, changes=(change,)), handle=order_id)
 
 
-def _pipeline(tmp_path: Path, units: list[SourceUnit], policy: str = "dead_letter", fail: bool = False):
+def _large_unit(totals: list[Any], lsn: int = 1000) -> SourceUnit:
+    """One transaction inserting an order per total."""
+    commit = lsn + 8 * len(totals) + 8
+    changes = tuple(RowChange(op=Op.CREATE, schema="public", table="orders", key={"id": i}, before=None,
+                              after={"id": i, "total": total}, position=SourcePosition(commit, lsn + 8 * i, 0),
+                              commit_time=T, xid=lsn) for i, total in enumerate(totals, start=1))
+    return SourceUnit(Transaction(xid=lsn, commit_lsn=commit, commit_time=T, changes=changes), handle="large")
+
+
+def _pipeline(tmp_path: Path, units: list[SourceUnit], policy: str = "dead_letter", fail: bool = False,
+              **options: Any):
     mapping = tmp_path / "shop.yaml"
     mapping.write_text(MAPPING.format(policy=policy))
     source, sink = FakeSource(units), FakeSink(fail)
     pipeline = Pipeline(source, sink, load_mappings([mapping]), source_id="test", prior_rows=None,
-                        commit_interval_s=0.01)
+                        commit_interval_s=0.01, **options)
     return pipeline, source, sink
+
+
+class AckingSource(FakeSource):
+    """Time passes while the pipeline keeps the source alive between slices: the sink acknowledges meanwhile."""
+
+    def __init__(self, units: list[SourceUnit], sink: FakeSink) -> None:
+        super().__init__(units)
+        self.sink = sink
+
+    def keep_alive(self) -> None:
+        super().keep_alive()
+        self.sink.ack_all()
+
+
+def test_a_large_transaction_goes_out_in_slices_with_room_in_flight_and_keep_alives(tmp_path: Path) -> None:
+    from decimal import Decimal
+
+    mapping = tmp_path / "shop.yaml"
+    mapping.write_text(MAPPING.format(policy="stop"))
+    sink = FakeSink()
+    unit = _large_unit([Decimal(i) for i in range(1, 11)])  # 10 changes, 20 events, slices of 3
+    source = AckingSource([unit], sink)
+    pipeline = Pipeline(source, sink, load_mappings([mapping]), source_id="test", prior_rows=None,
+                        max_in_flight_events=4, slice_changes=3)
+    pipeline._handle(source.poll(0)[0])
+    assert source.keep_alives >= 3  # between each two of the four slices
+    assert sink.most_unacknowledged <= 4 - 1 + 6  # room waited for: under the limit, plus one slice's events
+    assert len(sink.sent) == 20 and source.done_units == []  # the last slice is not acknowledged yet
+    sink.ack_all()
+    while not source.done_units:
+        pipeline._collect(block=True, timeout_s=5)
+    assert source.done_units == [unit] and pipeline.stats.changes == 10 and pipeline.stats.acknowledged == 20
+    assert [event.value() for _, event in sink.sent] == [
+        event.value() for event in translate(unit.transaction, pipeline.mappings, source_id="test").events]
+
+
+def test_a_stop_in_a_later_slice_leaves_the_whole_transaction_unacknowledged(tmp_path: Path) -> None:
+    totals: list[Any] = [1, 2, 3, 4, 5, 6, 7, "bad", 9, 10]
+    pipeline, source, sink = _pipeline(tmp_path, [_large_unit(totals), _unit(11, 1, 5000)], policy="stop",
+                                       slice_changes=3)
+    with pytest.raises(PipelineStopped, match="Earlier slices of this large transaction were published, but it "
+                                              "is not acknowledged: a restart publishes them again"):
+        pipeline.run(threading.Event())
+    assert len(sink.sent) == 12  # two slices went out before the third met the stop
+    sink.ack_all()
+    deadline = time.monotonic() + 5
+    while pipeline.stats.acknowledged < 12 and time.monotonic() < deadline:
+        pipeline._collect(block=True, timeout_s=0.5)
+    assert pipeline.stats.acknowledged == 12 and source.done_units == []  # all delivered, still not done
+    assert len(source.queued) == 1  # and nothing after it was taken
+
+
+def test_a_spilled_transaction_goes_through_the_pipeline_as_translated_whole(tmp_path: Path) -> None:
+    from tests.unit.test_pgoutput_spill import open_files_under
+    from tests.unit.test_sliced_translation import RESTAURANT, seeded_store, transactions
+
+    earlier, in_memory = transactions()
+    expected = translate(in_memory, RESTAURANT, source_id="test",
+                         prior_rows=seeded_store(tmp_path / "memory", earlier)).events
+    earlier, spilled = transactions(tmp_path / "spill")
+    unit = SourceUnit(spilled, handle="spilled")
+    source, sink = FakeSource([unit]), FakeSink()
+    pipeline = Pipeline(source, sink, RESTAURANT, source_id="test", prior_rows=seeded_store(tmp_path / "s", earlier),
+                        slice_changes=4)
+    pipeline._handle(source.poll(0)[0])
+    assert open_files_under(tmp_path / "spill") == []  # translated and recorded: its file is gone
+    assert [(event.headers(), event.value()) for kind, event in sink.sent if kind == "event"] == [
+        (event.headers(), event.value()) for event in expected]
+    assert pipeline.stats.changes == len(in_memory.changes)
 
 
 def test_a_unit_is_done_only_after_every_event_from_it_is_acknowledged(tmp_path: Path) -> None:

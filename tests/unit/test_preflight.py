@@ -88,6 +88,27 @@ def test_an_unwritable_state_path_stops_run_with_the_setting_named(
     assert any("being written by another process" in r.getMessage() for r in caplog.records)
 
 
+def test_an_unwritable_spill_path_of_the_direct_source_is_an_error(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import bridge.preflight_postgres
+    from bridge.preflight import check
+
+    monkeypatch.setattr(bridge.preflight_postgres, "check_direct_source", lambda report, settings, mappings: None)
+    (tmp_path / "a-file").write_text("")
+    settings = Settings(mappings=[MAPPINGS], source={"kind": "pgoutput", "dsn": "postgresql://u@h/db"},
+                        sink={"kind": "locallog", "path": str(tmp_path / "events")},
+                        state={"path": str(tmp_path / "prior-rows.sqlite")},
+                        pipeline={"spill_path": str(tmp_path / "a-file" / "spill")})
+    report = check(settings, load_mappings([MAPPINGS]))
+    [finding] = [f for f in report.findings if f.subject == "pipeline.spill_path"]
+    assert report.exit_code == 2 and "spill files of large transactions" in finding.message
+    default = Settings(mappings=[MAPPINGS], source={"kind": "pgoutput", "dsn": "postgresql://u@h/db"},
+                       sink={"kind": "locallog", "path": str(tmp_path / "events")},
+                       state={"path": str(tmp_path / "state" / "prior-rows.sqlite")})
+    assert default.pipeline.spill_directory(default.state.path) == tmp_path / "state" / "spill"
+    assert check(default, load_mappings([MAPPINGS])).exit_code == 0
+
+
 def test_store_counts_stop_at_the_limit_and_a_garbage_file_is_named(tmp_path: Path) -> None:
     from datetime import datetime, timezone
 

@@ -190,6 +190,10 @@ class DebeziumKafkaSource:
     def pending(self) -> int:
         return self._session.tracker.pending_count()
 
+    def keep_alive(self) -> None:
+        """Nothing to do: kafka-python's heartbeat thread keeps the group membership while the pipeline is
+        busy, for up to max.poll.interval.ms (5 minutes) between polls."""
+
     def commit(self) -> SourcePosition | None:
         session = self._session
         offsets = session.tracker.committable()
@@ -201,9 +205,9 @@ class DebeziumKafkaSource:
         # A finished transaction whose records all lie below the committed offsets can never be replayed:
         # those (in commit order) bound what the prior-row store may forget.
         while session.finished and all(offset < offsets.get(tp, -1) for tp, offset in session.finished[0].records):
-            changes = session.finished.popleft().transaction.changes
-            if changes:
-                self._last_safe = max(c.position for c in changes)
+            transaction = session.finished.popleft().transaction
+            if transaction.changes:
+                self._last_safe = transaction.newest_position()
         return self._last_safe
 
     def consumer_lag(self) -> dict[str, int]:

@@ -26,13 +26,17 @@ value for value, so mappings and event ids cannot tell the sources apart:
   A non-transactional message has none: it gets the last commit time seen, which is what Debezium
   reports for it, or `received_at` before the first commit.
 
+A transaction with more changes than a spill policy allows (`spill=`, spill.py) is not held in memory: its
+raw messages go to a temporary file and its changes are read back from there when iterated.
+
 A value that cannot be decoded does not stop the stream at once: the transaction is read to its
 Commit and then reported whole as a TransactionDecodeError (with its xid and commit LSN, so the caller
 can dead-letter it and still acknowledge the position). A broken stream (a change outside a
 transaction, an unknown relation, a tuple that does not fit its Relation message, a malformed
 message) or a setup error (a FULL table without its primary key) raises immediately.
 
-Pure: no I/O, no clock. The per-relation column decoders are built once per Relation message.
+Pure (no I/O, no clock) but for that spill file. The per-relation column decoders are built once per
+Relation message.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bridge.changes import UNKNOWN, LogicalMessage, Op, RowChange, SourcePosition, Transaction
 from bridge.sources.pgoutput.protocol import (
@@ -61,6 +65,9 @@ from bridge.sources.pgoutput.protocol import (
     parse_message,
 )
 from bridge.sources.pgoutput.values import UserType, column_decoder
+
+if TYPE_CHECKING:
+    from bridge.sources.pgoutput.spill import SpillPolicy, TransactionSpool
 
 # Primary-key columns of every table, in key order: the `primary_keys` argument.
 PRIMARY_KEYS_SQL = """
@@ -187,6 +194,7 @@ class _Open:
     items: list[tuple[Any, ...]]
     seen: dict[int, int]  # change_lsn -> changes so far at it
     error: PgOutputDecodeError | None = None
+    spool: TransactionSpool | None = None  # with a spill policy: its raw messages, on disk once large
 
 
 class PgOutputAssembler:
@@ -195,10 +203,11 @@ class PgOutputAssembler:
     user_types: non-built-in types (USER_TYPES_SQL rows as UserType) for enums, domains and their arrays.
     primary_keys: "schema.table" -> primary-key columns (PRIMARY_KEYS_SQL); required for tables whose
     REPLICA IDENTITY is not DEFAULT. When given, a table missing from it has no primary key (key None).
+    spill: hold a transaction with more changes than the policy allows on disk, not in memory.
     """
 
     def __init__(self, *, user_types: Iterable[UserType] | Mapping[int, UserType] | None = None,
-                 primary_keys: Mapping[str, Sequence[str]] | None = None) -> None:
+                 primary_keys: Mapping[str, Sequence[str]] | None = None, spill: SpillPolicy | None = None) -> None:
         self._user_types: dict[int, UserType] = {}
         self._primary_keys = dict(primary_keys) if primary_keys is not None else None
         self._relations: dict[int, Relation] = {}
@@ -207,6 +216,7 @@ class PgOutputAssembler:
         self._last_commit_time: datetime | None = None
         self.announced_types: dict[int, TypeInfo] = {}  # from 'Y' messages: types a refresh may need
         self.origin: Origin | None = None  # of the open transaction, when it was replicated in
+        self._spill = spill
         self.learn_types(user_types or ())
 
     # --- setup -------------------------------------------------------------------------------------
@@ -227,15 +237,40 @@ class PgOutputAssembler:
 
     def reset(self) -> None:
         """Forget a transaction left open (the connection dropped); keep the relations and types."""
+        if self._open is not None and self._open.spool is not None:
+            self._open.spool.close()
         self._open = None
         self.origin = None
 
     # --- input -------------------------------------------------------------------------------------
 
-    def feed(self, lsn: int, data: bytes | bytearray | memoryview, *,
-             received_at: datetime | None = None) -> Transaction | None:
-        """Parse and add one message received at `lsn`; returns the Transaction it completes, if any."""
-        return self.add(lsn, parse_message(data, lsn), received_at=received_at)
+    def feed(self, lsn: int, data: bytes | bytearray | memoryview, *, received_at: datetime | None = None,
+             message: PgOutputMessage | None = None) -> Transaction | None:
+        """Parse and add one message received at `lsn`; returns the Transaction it completes, if any.
+
+        `message`: `data` already parsed (by a caller that looked at it first); `data` is still needed, since a
+        large transaction is spilled as the bytes PostgreSQL sent.
+        """
+        if message is None:
+            message = parse_message(data, lsn)
+        tx = self._open
+        if tx is None or self._spill is None:
+            return self.add(lsn, message, received_at=received_at)
+        return self._feed_spooled(tx, lsn, bytes(data), message, received_at)
+
+    def _feed_spooled(self, tx: _Open, lsn: int, data: bytes, message: PgOutputMessage,
+                      received_at: datetime | None) -> Transaction | None:
+        """A message of the open transaction, under a spill policy: its raw bytes are kept, on disk once the
+        transaction is large (then its decoded changes are dropped as soon as they are checked)."""
+        spool = tx.spool
+        if spool is None:
+            assert self._spill is not None
+            spool = tx.spool = self._spill.spool(tx.begin.xid, self._relations, self._user_types, self._primary_keys)
+        spool.before(lsn, data, message, tx.seen)
+        result = self.add(lsn, message, received_at=received_at)
+        if result is None and tx.error is None:  # (the Commit, or a non-transactional message, returns its own)
+            spool.after(lsn, data, message, tx.items)
+        return result
 
     def add(self, lsn: int, message: PgOutputMessage, *, received_at: datetime | None = None) -> Transaction | None:
         """Add one parsed message received at `lsn`; returns the Transaction it completes, if any."""
@@ -385,19 +420,30 @@ class PgOutputAssembler:
         commit_lsn, when = commit.end_lsn, commit.commit_time
         self._last_commit_time = when
         if tx.error is not None:
+            if tx.spool is not None:
+                tx.spool.close()
             raise TransactionDecodeError(tx.error, xid, commit_lsn, when)
-        changes: list[RowChange] = []
-        append = changes.append
-        for op, subject, key, before, after, old_key, change_lsn, seq in tx.items:
-            position = SourcePosition(commit_lsn, change_lsn, seq)
-            ref = f"pgoutput {change_lsn >> 32:X}/{change_lsn & 0xFFFFFFFF:X}"
-            if op is Op.MESSAGE:
-                append(RowChange(
-                    op=op, schema="", table="", key=key, before=None, after=None, position=position,
-                    commit_time=when, xid=xid, message=LogicalMessage(subject.prefix, subject.content, True),
-                    source_ref=ref))
-            else:
-                append(RowChange(
-                    op=op, schema=subject.schema, table=subject.table, key=key, before=before, after=after,
-                    position=position, commit_time=when, xid=xid, old_key=old_key, source_ref=ref))
-        return Transaction(xid=xid, commit_lsn=commit_lsn, commit_time=when, changes=tuple(changes))
+        if tx.spool is not None and tx.spool.spilled:
+            return Transaction(xid=xid, commit_lsn=commit_lsn, commit_time=when,
+                               changes=tx.spool.finish(commit_lsn, when, xid))
+        changes = tuple(row_changes_of(tx.items, commit_lsn, when, xid))
+        return Transaction(xid=xid, commit_lsn=commit_lsn, commit_time=when, changes=changes)
+
+
+def row_changes_of(items: list[tuple[Any, ...]], commit_lsn: int, commit_time: datetime, xid: int) -> list[RowChange]:
+    """Assembled changes (see _row_change) as the RowChanges of their committed transaction."""
+    changes: list[RowChange] = []
+    append = changes.append
+    for op, subject, key, before, after, old_key, change_lsn, seq in items:
+        position = SourcePosition(commit_lsn, change_lsn, seq)
+        ref = f"pgoutput {change_lsn >> 32:X}/{change_lsn & 0xFFFFFFFF:X}"
+        if op is Op.MESSAGE:
+            append(RowChange(
+                op=op, schema="", table="", key=key, before=None, after=None, position=position,
+                commit_time=commit_time, xid=xid, message=LogicalMessage(subject.prefix, subject.content, True),
+                source_ref=ref))
+        else:
+            append(RowChange(
+                op=op, schema=subject.schema, table=subject.table, key=key, before=before, after=after,
+                position=position, commit_time=commit_time, xid=xid, old_key=old_key, source_ref=ref))
+    return changes

@@ -44,6 +44,7 @@ from bridge.sources.pgoutput.drift import MappingContract, SchemaWatch
 from bridge.sources.pgoutput.progress import Progress
 from bridge.sources.pgoutput.protocol import Relation, lsn_text, parse_lsn, parse_message
 from bridge.sources.pgoutput.setup import Prepared, first_line, prepare
+from bridge.sources.pgoutput.spill import SpillPolicy
 from bridge.sources.pgoutput.sqlconn import SqlConnection, SqlFailed
 from bridge.sources.pgoutput.stream import ReplicationStream, SlotInUse, SystemIdentity
 from bridge.sources.pgoutput.values import SESSION_SETTINGS, USER_TYPES_SQL, UserType, needs_catalog
@@ -75,10 +76,11 @@ class PgOutputChangeSource:
     contract: the mappings' declared column types and the columns each rule reads; with it, a table whose
     Relation message no longer fits stops the rules reading the changed column (SourceUnit.stopped_rules).
     acknowledged_path: where the acknowledged position is kept across restarts (acked.py); None: nowhere.
+    spill: hold a transaction larger than the policy allows on disk, not in memory (spill.py).
     """
 
     def __init__(self, settings: PgOutputSource, tables: Iterable[str], *, contract: MappingContract | None = None,
-                 acknowledged_path: Path | None = None) -> None:
+                 acknowledged_path: Path | None = None, spill: SpillPolicy | None = None) -> None:
         self._settings = settings
         self._tables = sorted(set(tables))
         if not self._tables:
@@ -97,7 +99,8 @@ class PgOutputChangeSource:
             prepared = self._prepare()
             self.created_slot, self.created_publication = prepared.created_slot, prepared.created_publication
             self._restart_lsn = prepared.restart_lsn
-            self._assembler = PgOutputAssembler(user_types=prepared.user_types, primary_keys=prepared.primary_keys)
+            self._assembler = PgOutputAssembler(user_types=prepared.user_types, primary_keys=prepared.primary_keys,
+                                                spill=spill)
             self._sql = SqlConnection(settings.dsn, where=self._where, application_name="cdc-bridge",
                                       connect_timeout_s=settings.connect_timeout_s)
             self._start_stream(prepared.confirmed_flush_lsn)
@@ -199,7 +202,7 @@ class PgOutputChangeSource:
         if isinstance(message, Relation):
             self._relation(message, lsn)
         try:
-            transaction = self._assembler.add(lsn, message, received_at=datetime.now(UTC))
+            transaction = self._assembler.feed(lsn, payload, message=message, received_at=datetime.now(UTC))
         except TransactionDecodeError as exc:
             self._last_arrival = time.monotonic()
             stopped = self._stopped_rules_of_transaction()
@@ -216,8 +219,10 @@ class PgOutputChangeSource:
         self._last_arrival = time.monotonic()
         stopped = self._stopped_rules_of_transaction()
         if transaction.commit_lsn <= self._start_lsn:
+            if type(transaction.changes) is not tuple:
+                transaction.changes.close()  # a large transaction spilled to disk: free its file
             return  # acknowledged before this start; the server resends from the slot's flush position
-        handle = self._progress.release(transaction.commit_lsn, _newest_position(transaction))
+        handle = self._progress.release(transaction.commit_lsn, transaction.newest_position())
         units.append(SourceUnit(transaction, handle, heartbeat=_is_heartbeat(transaction), stopped_rules=stopped))
 
     def _relation(self, relation: Relation, lsn: int) -> None:
@@ -312,6 +317,14 @@ class PgOutputChangeSource:
         if self._progress.keepalive(wal_end, self._assembler.in_transaction):
             self._send_status()
 
+    def keep_alive(self) -> None:
+        """While the pipeline works through one large transaction: report the acknowledged position every
+        status_interval_s. The server ends a stream that sends nothing for wal_sender_timeout, and counts any
+        status message as the reply its keepalives ask for, so this suffices; messages it sends meanwhile
+        wait in the socket (it sends no more than the socket takes) and are read at the next poll."""
+        if time.monotonic() - self._last_status >= self._settings.status_interval_s:
+            self._send_status()
+
     def _keep_alive(self) -> None:
         """Every status_interval_s: the position, a look at the SQL connection and at the stream's silence;
         every few seconds the slot's restart_lsn; and a heartbeat when no transaction arrived for
@@ -377,8 +390,3 @@ def _is_heartbeat(transaction: Transaction) -> bool:
     return bool(transaction.changes) and all(
         change.op is Op.MESSAGE and change.key == {"prefix": HEARTBEAT_PREFIX} for change in transaction.changes)
 
-
-def _newest_position(transaction: Transaction) -> SourcePosition:
-    if transaction.changes:
-        return max(change.position for change in transaction.changes)
-    return SourcePosition(transaction.commit_lsn, transaction.commit_lsn)
