@@ -22,7 +22,6 @@ import pytest
 from bridge.mapping.loader import load_mappings
 from bridge.mapping.translate import translate
 from bridge.pipeline import Pipeline
-from bridge.settings import PgOutputSource
 from bridge.sinks.locallog import LocalLogEventSink
 from bridge.sinks.locallog_reader import EventLogReader
 from bridge.sources.pgoutput.changes import PRIMARY_KEYS_SQL, PgOutputAssembler, primary_keys_from_rows
@@ -30,10 +29,10 @@ from bridge.sources.pgoutput.protocol import parse_lsn
 from bridge.sources.pgoutput.source import PgOutputChangeSource
 from bridge.sources.pgoutput.spill import SpillPolicy
 from bridge.state import PriorRowStore
+from tests.support.pgoutput_source import TABLES, drop_slot, source_settings
 
 REPO = Path(__file__).resolve().parents[2]
 RESTAURANT = load_mappings([REPO / "mappings" / "restaurant.yaml"])
-TABLES = ("customers", "customer_addresses", "menu_items", "orders", "order_items")
 LINES = 12_000
 SLICE = 1_000
 
@@ -43,13 +42,8 @@ def slots(legacy_db_any: str) -> Iterator[tuple[str, str]]:
     """The bridge's slot and publication name, and a reference slot; both slots dropped afterwards."""
     name = f"big_{uuid.uuid4().hex[:8]}"
     yield name, f"{name}_ref"
-    with psycopg.connect(legacy_db_any, autocommit=True) as conn:
-        deadline = time.monotonic() + 10
-        while conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s AND active",
-                           (name,)).fetchone() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name IN (%s, %s)",
-                     (name, f"{name}_ref"))
+    for slot in (name, f"{name}_ref"):
+        drop_slot(legacy_db_any, slot)
 
 
 def commit_large_transaction(dsn: str) -> int:
@@ -74,7 +68,7 @@ def walsender_pid(dsn: str, slot: str) -> int | None:
     return row[0] if row else None
 
 
-def in_memory_events(dsn: str, slot: str, publication: str) -> list[tuple[object, ...]]:
+def in_memory_events(dsn: str, slot: str, publication: str, store_path: Path) -> list[tuple[object, ...]]:
     """The reference: the same WAL through the assembler without a spill policy, translated whole."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         keys = primary_keys_from_rows(conn.execute(PRIMARY_KEYS_SQL).fetchall())
@@ -83,26 +77,12 @@ def in_memory_events(dsn: str, slot: str, publication: str) -> list[tuple[object
     assembler = PgOutputAssembler(primary_keys=keys)
     transactions = [tx for lsn, data in rows if (tx := assembler.feed(parse_lsn(lsn), data)) is not None]
     assert len(transactions) == 1 and type(transactions[0].changes) is tuple
-    with PriorRowStoreAt(dsn) as store:
-        events = translate(transactions[0], RESTAURANT, source_id="big", prior_rows=store.store).events
+    store = PriorRowStore(store_path)
+    try:
+        events = translate(transactions[0], RESTAURANT, source_id="big", prior_rows=store).events
+    finally:
+        store.close()
     return [(tuple(event.headers()), event.key(), event.value()) for event in events]
-
-
-class PriorRowStoreAt:
-    """A throwaway prior-row store for the reference translation."""
-
-    def __init__(self, dsn: str) -> None:
-        import tempfile
-
-        self._dir = tempfile.TemporaryDirectory()
-        self.store = PriorRowStore(Path(self._dir.name) / "reference.sqlite")
-
-    def __enter__(self) -> PriorRowStoreAt:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.store.close()
-        self._dir.cleanup()
 
 
 def test_a_large_transaction_is_spilled_published_whole_and_the_stream_survives(
@@ -111,8 +91,7 @@ def test_a_large_transaction_is_spilled_published_whole_and_the_stream_survives(
     with psycopg.connect(legacy_db_any, autocommit=True) as conn:
         database = conn.info.dbname
         conn.execute(f'ALTER DATABASE "{database}" SET wal_sender_timeout = \'2s\'')  # walsenders start with it
-    settings = PgOutputSource(dsn=legacy_db_any, slot_name=name, publication_name=name, heartbeat_interval_s=3600.0,
-                              status_interval_s=0.2)
+    settings = source_settings(legacy_db_any, name)
     spill_dir = tmp_path / "spill"
     source = PgOutputChangeSource(settings, TABLES, spill=SpillPolicy(SLICE, spill_dir))
     store = PriorRowStore(tmp_path / "prior-rows.sqlite", tables=RESTAURANT.needs_before().keys())
@@ -153,6 +132,6 @@ def test_a_large_transaction_is_spilled_published_whole_and_the_stream_survives(
     assert pipeline.stats.changes == 3 + LINES * 2 + LINES // 1000
     assert list(spill_dir.iterdir()) == []
     published = [(record.headers, record.key, record.value) for record in EventLogReader(tmp_path / "events").read()]
-    expected = in_memory_events(legacy_db_any, reference, name)
+    expected = in_memory_events(legacy_db_any, reference, name, tmp_path / "reference.sqlite")
     assert len(expected) == 3 + LINES + LINES + LINES // 1000  # added, quantity changed, removed
     assert published == expected
