@@ -6,6 +6,8 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
+
 from bridge.changes import UNKNOWN, Op, RowChange, SourcePosition, Transaction
 from bridge.state import PriorRowStore
 
@@ -97,3 +99,29 @@ def test_the_buffer_count_says_when_to_flush(tmp_path: Path) -> None:
     assert store.buffered == 2
     store.flush()
     assert store.buffered == 0
+
+
+def test_prune_bookkeeping_beyond_its_memory_bound_goes_to_disk_and_prunes_the_same(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bridge.state
+
+    def fill(store: PriorRowStore) -> None:
+        for lsn in (100, 200, 300):
+            for row_id in range(1, 11):
+                op = Op.CREATE if lsn == 100 else Op.UPDATE
+                store.record(_tx(_change(op, lsn + row_id, {"id": row_id, "price": Decimal(lsn)})))
+            store.flush()
+
+    whole = PriorRowStore(tmp_path / "whole.sqlite")
+    fill(whole)
+    monkeypatch.setattr(bridge.state, "TOUCHED_IN_MEMORY", 3)
+    bounded = PriorRowStore(tmp_path / "bounded.sqlite")
+    fill(bounded)
+    assert len(bounded._touched) <= 3  # a large transaction's keys do not pile up in memory
+    whole.prune(SourcePosition(260, 260, 0))
+    bounded.schedule_prune(SourcePosition(260, 260, 0))
+    remaining = [bounded.prune_some(4) for _ in range(4)]
+    assert remaining == sorted(remaining, reverse=True) and remaining[-1] == 0
+    rows = "SELECT tbl, row_key, commit_lsn FROM prior_rows ORDER BY 1, 2, 3"
+    assert bounded._db.execute(rows).fetchall() == whole._db.execute(rows).fetchall()
+    assert len(whole._db.execute(rows).fetchall()) == 20  # per key: the newest at or before 260, and 30x
