@@ -26,6 +26,7 @@ from bridge.errors import ChangeError, ConfigurationError, DecodeError, ServiceU
 from bridge.kafka_client import CLIENT_BACKOFF, require_resolvable
 from bridge.ports import SourceUnit, UndecodableRow
 from bridge.settings import DebeziumSource
+from bridge.sources.debezium.join_watch import JoinWatch
 from bridge.sources.debezium.lenient import transaction_place
 from bridge.sources.debezium.offsets import OffsetTracker
 from bridge.sources.debezium.records import (
@@ -103,6 +104,7 @@ class DebeziumKafkaSource:
                 f"no Kafka broker answers at {settings.bootstrap_servers} (source.bootstrap_servers): {exc}; "
                 "check the address and that the broker is up") from exc
         self._consumer.subscribe(topics=self._topics, listener=_Rebalances(self))
+        self._join_watch = JoinWatch()
 
     @property
     def topics(self) -> list[str]:
@@ -114,12 +116,24 @@ class DebeziumKafkaSource:
         except KafkaError as exc:
             raise ServiceUnavailable(f"reading Debezium topics failed: {exc}") from exc
         now = time.monotonic()
+        if not batches:
+            self._retry_lost_join(now)
         units: list[SourceUnit] = []
         for tp, records in batches.items():
             for record in records:
                 units.extend(self._take(tp, record, now))
         self._session.assembler.check_stalled(now)
         return units
+
+    def _retry_lost_join(self, now: float) -> None:
+        """Ask for a new group join when kafka-python lost the end of one (see join_watch.py)."""
+        consumer = self._consumer
+        cluster = consumer._client.cluster  # kafka-python keeps no public non-blocking metadata view
+        topics_exist = any(cluster.partitions_for_topic(topic) for topic in self._topics)
+        if self._join_watch.should_rejoin(now, assigned=bool(consumer.assignment()), topics_exist=topics_exist):
+            log.warning("no partitions assigned although the topics exist: asking the group coordinator to "
+                        "join again (a group join whose end kafka-python lost)", extra={"group": self._settings.group_id})
+            consumer._coordinator.request_rejoin()
 
     def _take(self, tp: TopicPartition, record: Any, now: float) -> list[SourceUnit]:
         ref = (tp, record.offset)
