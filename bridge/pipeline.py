@@ -116,10 +116,7 @@ class Pipeline:
         try:
             while not stop.is_set():
                 self._collect(block=False)
-                while self._in_flight >= self.max_in_flight:
-                    self._collect(block=True, timeout_s=1.0)
-                    if self.metrics is not None:
-                        self.metrics.turn(time.monotonic(), self._in_flight)
+                self._wait_for_room()
                 units = self.source.poll(0.2)
                 for unit in units:
                     self._handle(unit)
@@ -230,13 +227,21 @@ class Pipeline:
             self.prior_rows.flush()
         self._collect(block=False)
         self.source.keep_alive()
-        while self._in_flight >= self.max_in_flight:
-            self._collect(block=True, timeout_s=1.0)
-            self.source.keep_alive()
+        self._wait_for_room()
         now = time.monotonic()
         self.stats.last_activity = now
         if self.metrics is not None:
             self.metrics.turn(now, self._in_flight)  # alive: /healthz must not take a long transaction for a hang
+
+    def _wait_for_room(self) -> None:
+        """Block while `max_in_flight` deliveries are unacknowledged. The source is kept alive meanwhile (a
+        replication stream that reports nothing for wal_sender_timeout is ended by the server, however slow
+        the sink is) and so is /healthz."""
+        while self._in_flight >= self.max_in_flight:
+            self._collect(block=True, timeout_s=1.0)
+            self.source.keep_alive()
+            if self.metrics is not None:
+                self.metrics.turn(time.monotonic(), self._in_flight)
 
     def _undecodable_rows(self, unit: SourceUnit) -> list[tuple[dict[str, Any], bytes | None]]:
         """Dead letters for the rows of `unit`'s transaction that could not be decoded: they belong to it,

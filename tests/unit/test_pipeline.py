@@ -156,6 +156,19 @@ def test_a_large_transaction_goes_out_in_slices_with_room_in_flight_and_keep_ali
         event.value() for event in translate(unit.transaction, pipeline.mappings, source_id="test").events]
 
 
+def test_waiting_for_room_in_flight_keeps_the_source_alive(tmp_path: Path) -> None:
+    """A slow sink holding max_in_flight deliveries must not starve the replication stream of status reports."""
+    sink = FakeSink()
+    source = AckingSource([_unit(1, 1, 100), _unit(2, 2, 200)], sink)  # the sink acknowledges on a keep-alive
+    mapping = tmp_path / "shop.yaml"
+    mapping.write_text(MAPPING.format(policy="dead_letter"))
+    pipeline = Pipeline(source, sink, load_mappings([mapping]), source_id="test", prior_rows=None,
+                        max_in_flight_events=2)
+    pipeline._handle(source.poll(0)[0])  # two events: in flight is full
+    pipeline._wait_for_room()
+    assert source.keep_alives >= 1 and pipeline._in_flight < 2
+
+
 def test_a_stop_in_a_later_slice_leaves_the_whole_transaction_unacknowledged(tmp_path: Path) -> None:
     totals: list[Any] = [1, 2, 3, 4, 5, 6, 7, "bad", 9, 10]
     pipeline, source, sink = _pipeline(tmp_path, [_large_unit(totals), _unit(11, 1, 5000)], policy="stop",
