@@ -46,7 +46,7 @@ from bridge.sources.pgoutput.protocol import Relation, lsn_text, parse_lsn, pars
 from bridge.sources.pgoutput.setup import Prepared, first_line, prepare
 from bridge.sources.pgoutput.spill import SpillPolicy
 from bridge.sources.pgoutput.sqlconn import SqlConnection, SqlFailed
-from bridge.sources.pgoutput.stream import ReplicationStream, SlotInUse, SystemIdentity
+from bridge.sources.pgoutput.stream import ReplicationStream, SlotInUse, SystemIdentity, connect_timeout
 from bridge.sources.pgoutput.values import SESSION_SETTINGS, USER_TYPES_SQL, UserType, needs_catalog
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class PgOutputChangeSource:
         """Publication, slot and catalog, on a connection of its own closed right after."""
         try:
             conn = psycopg.connect(self._settings.dsn, autocommit=True, application_name="cdc-bridge-setup",
-                                   connect_timeout=max(2, round(self._settings.connect_timeout_s)))
+                                   connect_timeout=connect_timeout(self._settings.connect_timeout_s))
         except (psycopg.OperationalError, psycopg.ProgrammingError) as exc:  # (ProgrammingError: a malformed DSN)
             # A wrong database, user or password is a setting to fix, anything else an outage to wait for.
             raise connect_error(exc, where=self._where, setting="source.dsn") from exc

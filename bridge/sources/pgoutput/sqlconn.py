@@ -25,7 +25,7 @@ from psycopg import pq
 from psycopg.conninfo import make_conninfo
 
 from bridge.errors import BridgeError, ServiceUnavailable
-from bridge.sources.pgoutput.stream import connect_timeout
+from bridge.sources.pgoutput.stream import connect_timeout, libpq_text, sqlstate_of
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class SqlConnection:
     def _open(self) -> pq.abc.PGconn:
         conn = pq.PGconn.connect(self._conninfo)
         if conn.status != pq.ConnStatus.OK:
-            text = _text(conn.error_message)
+            text = libpq_text(conn.error_message)
             conn.finish()
             if "shutting down" in text:  # SQLSTATE 57P03; the text is all a failed connection attempt gives
                 raise ServerShuttingDown(
@@ -146,11 +146,11 @@ class SqlConnection:
             if readable:
                 conn.consume_input()
             if conn.status == pq.ConnStatus.BAD:
-                raise psycopg.OperationalError(_text(conn.error_message) or "connection lost")
+                raise psycopg.OperationalError(libpq_text(conn.error_message) or "connection lost")
             while self._in_flight is not None and not conn.is_busy():
                 self._take_result(conn)
         except (psycopg.OperationalError, OSError, ValueError) as exc:
-            self._lost(_text(conn.error_message) or str(exc))
+            self._lost(libpq_text(conn.error_message) or str(exc))
             self._reopen()
 
     def _take_result(self, conn: pq.abc.PGconn) -> None:
@@ -172,9 +172,8 @@ class SqlConnection:
             flight.rows = [tuple(None if (v := result.get_value(i, j)) is None else v.decode()
                                  for j in range(result.nfields)) for i in range(result.ntuples)]
         elif result.status == pq.ExecStatus.FATAL_ERROR:
-            state = result.error_field(pq.DiagnosticField.SQLSTATE)
-            flight.error = SqlFailed(f"{flight.what} query failed on {self._where}: {_text(result.error_message)}",
-                                     state.decode() if state else "")
+            flight.error = SqlFailed(f"{flight.what} query failed on {self._where}: {libpq_text(result.error_message)}",
+                                     sqlstate_of(result) or "")
 
     def _lost(self, reason: str) -> None:
         if self._conn is not None:
@@ -210,7 +209,3 @@ class SqlConnection:
 def _param(value: Any) -> bytes | None:
     return None if value is None else str(value).encode()
 
-
-def _text(raw: bytes | None) -> str:
-    text = (raw or b"").decode("utf-8", "replace").strip()
-    return text.splitlines()[0] if text else ""

@@ -66,7 +66,7 @@ class ReplicationStream:
         self._conn = pq.PGconn.connect(conninfo.encode())
         self._finished = False
         if self._conn.status != pq.ConnStatus.OK:
-            text = _text(self._conn.error_message)
+            text = libpq_text(self._conn.error_message)
             self.close()
             if "pg_hba.conf" in text:
                 raise ConfigurationError(
@@ -90,7 +90,7 @@ class ReplicationStream:
         while self._command(None) is not None:  # the command's end
             pass
         if result is None or result.status != pq.ExecStatus.TUPLES_OK or result.ntuples != 1:
-            text = _text(result.error_message if result is not None else self._conn.error_message)
+            text = libpq_text(result.error_message if result is not None else self._conn.error_message)
             raise ServiceUnavailable(f"IDENTIFY_SYSTEM on {self._where} failed: {text}")
         system_id, timeline, flushed = (result.get_value(0, i) or b"" for i in range(3))
         return SystemIdentity(system_id.decode(), int(timeline), parse_lsn(flushed.decode()))
@@ -121,8 +121,8 @@ class ReplicationStream:
         result = self._command(command)
         if result is not None and result.status == pq.ExecStatus.COPY_BOTH:
             return
-        text = _text(result.error_message if result is not None else self._conn.error_message)
-        state = _sqlstate(result)
+        text = libpq_text(result.error_message if result is not None else self._conn.error_message)
+        state = sqlstate_of(result)
         if state == _SQLSTATE_OBJECT_IN_USE:
             raise SlotInUse(
                 f"replication slot {slot!r} on {self._where} is in use by another process ({text}): "
@@ -176,7 +176,7 @@ class ReplicationStream:
             try:
                 select.select([self._conn.socket], [], [], timeout_s)
             except (psycopg.OperationalError, OSError, ValueError) as exc:  # the connection is gone
-                raise self._broken(_text(self._conn.error_message) or str(exc)) from exc
+                raise self._broken(libpq_text(self._conn.error_message) or str(exc)) from exc
 
     def send_status(self, flush_lsn: int) -> None:
         """Tell the server everything up to `flush_lsn` is durably handled (never moves backwards)."""
@@ -189,7 +189,7 @@ class ReplicationStream:
             self._conn.flush()
         except (psycopg.OperationalError, OSError) as exc:
             raise ServiceUnavailable(
-                f"reporting position {lsn_text(lsn)} to {self._where} failed: {_text(self._conn.error_message) or exc}"
+                f"reporting position {lsn_text(lsn)} to {self._where} failed: {libpq_text(self._conn.error_message) or exc}"
             ) from exc
 
     @property
@@ -204,8 +204,8 @@ class ReplicationStream:
     def _end_reason(self) -> str:
         result = self._conn.get_result()
         if result is not None and result.error_message:
-            return _text(result.error_message)
-        return _text(self._conn.error_message) or "the server ended the replication stream"
+            return libpq_text(result.error_message)
+        return libpq_text(self._conn.error_message) or "the server ended the replication stream"
 
     def _broken(self, reason: str) -> ServiceUnavailable:
         return ServiceUnavailable(f"the replication stream from {self._where} broke: {reason.strip()}")
@@ -224,12 +224,13 @@ def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _text(raw: bytes | None) -> str:
+def libpq_text(raw: bytes | None) -> str:
+    """A libpq message's first line (its detail and hint lines would break the one-line errors)."""
     text = (raw or b"").decode("utf-8", "replace").strip()
     return text.splitlines()[0] if text else ""
 
 
-def _sqlstate(result: pq.abc.PGresult | None) -> str | None:
+def sqlstate_of(result: pq.abc.PGresult | None) -> str | None:
     if result is None:
         return None
     value = result.error_field(pq.DiagnosticField.SQLSTATE)
