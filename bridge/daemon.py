@@ -91,7 +91,6 @@ def _open_sink(settings: Settings, mappings: Any) -> EventSink:
 def _open_source(settings: Settings, mappings: Any) -> tuple[ChangeSource, dict[str, Any]]:
     """The configured source, and what to log about where it reads."""
     if settings.source.kind == "pgoutput":
-        from bridge.redact import redacted_dsn
         from bridge.sources.pgoutput.drift import MappingContract
         from bridge.sources.pgoutput.source import PgOutputChangeSource
         from bridge.sources.pgoutput.spill import SpillPolicy

@@ -71,10 +71,6 @@ class Supervisor:
         self._last_report = float("-inf")
         self.restarts = 0
 
-    @property
-    def outage(self) -> Outage | None:
-        return self._outage
-
     def supervise(self, run: Callable[[], None]) -> None:
         reporter = _Reporter(self, self._report_interval_s) if self._background else None
         try:

@@ -59,6 +59,11 @@ class CompiledEmit:
     each: Getter | None = None
 
 
+def reads_column(reads: frozenset[tuple[str, str]], table: str, column: str) -> bool:
+    """Whether a rule with these reads (CompiledRule.reads) depends on `column` of `table`."""
+    return (table, column) in reads or (table, "*") in reads or ("*", "*") in reads
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledRule:
     id: str
@@ -78,8 +83,7 @@ class CompiledRule:
     reads: frozenset[tuple[str, str]] = frozenset({("*", "*")})
 
     def reads_column(self, table: str, column: str) -> bool:
-        reads = self.reads
-        return (table, column) in reads or (table, "*") in reads or ("*", "*") in reads
+        return reads_column(self.reads, table, column)
 
     @property
     def qualified_table(self) -> str:

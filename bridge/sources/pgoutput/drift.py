@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from bridge.mapping.compiled import reads_column
 from bridge.sources.pgoutput.protocol import Relation, lsn_text
 from bridge.sources.pgoutput.values import UserType, array_element_oid
 
@@ -159,8 +160,7 @@ class MappingContract:
         return cls(declared=mappings.declared_types(), reads={rule.id: rule.reads for rule in mappings.rules})
 
     def readers(self, table: str, column: str) -> list[str]:
-        return [rule for rule, reads in self.reads.items()
-                if (table, column) in reads or (table, "*") in reads or ("*", "*") in reads]
+        return [rule for rule, reads in self.reads.items() if reads_column(reads, table, column)]
 
     def named_columns(self, table: str) -> set[str]:
         """Columns of `table` some rule reads by name."""
@@ -232,11 +232,3 @@ class SchemaWatch:
                 for rule in readers:
                     reasons.setdefault(rule, []).append(reason)
         return {rule: "; ".join(texts) for rule, texts in reasons.items()}
-
-
-def stopped_union(*maps: Mapping[str, str]) -> dict[str, str]:
-    """Rules stopped at any of the given moments (a transaction spanning a Relation message gets both)."""
-    merged: dict[str, str] = {}
-    for stopped in maps:
-        merged.update(stopped)
-    return merged

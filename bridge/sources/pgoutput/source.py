@@ -24,7 +24,6 @@ reset, no answer in time) is a ServiceUnavailable naming what broke: a new sourc
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime

@@ -67,7 +67,6 @@ class SqlConnection:
         self._conn: pq.abc.PGconn | None = None
         self._in_flight: _InFlight | None = None
         self._next_reopen = 0.0
-        self.reopened = 0
         self._conn = self._open()
 
     def _open(self) -> pq.abc.PGconn:
@@ -197,7 +196,6 @@ class SqlConnection:
             log.warning("the SQL connection cannot be reopened yet; the stream goes on without it",
                         extra={"error": str(exc)})
             return
-        self.reopened += 1
         log.warning("the SQL connection to the legacy PostgreSQL was reopened", extra={"where": self._where})
 
     def close(self) -> None:
