@@ -34,7 +34,6 @@ Files are created owner-only (0600) and directories 0700: the events carry custo
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
@@ -46,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.errors import ConfigurationError, DamagedFileError
+from bridge.private_files import FILE_MODE, make_private_directories
 
 MAGIC = b"CDCBLOG1"
 SEGMENT_HEADER = struct.Struct("<8sQ")
@@ -67,8 +67,6 @@ class LogLockedError(ConfigurationError):
     """Another process (named by its pid) is writing this event log."""
 
 
-FILE_MODE = 0o600
-DIRECTORY_MODE = 0o700
 
 
 class CorruptLogError(DamagedFileError):
@@ -364,10 +362,7 @@ def make_private_dir(directory: Path) -> bool:
     synced, so the new entry survives a crash). An existing directory keeps its mode: the operator's choice."""
     if directory.is_dir():
         return False
-    missing = [directory, *(parent for parent in directory.parents if not parent.exists())]
-    for path in reversed(missing):
-        with contextlib.suppress(FileExistsError):  # another process made it meanwhile
-            path.mkdir(mode=DIRECTORY_MODE)
+    make_private_directories(directory)
     fsync_dir(directory.parent)
     return True
 

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bridge.errors import ConfigurationError
+from bridge.private_files import make_private_directories
 from bridge.sources.pgoutput.protocol import lsn_text, parse_lsn
 from bridge.sources.pgoutput.stream import SystemIdentity
 
@@ -80,7 +81,7 @@ class AcknowledgedPositions:
         data[key] = {"timeline": identity.timeline, "lsn": lsn_text(lsn),
                      "saved_at": datetime.now(UTC).isoformat(timespec="seconds")}
         try:
-            self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_private_directories(self._path.parent)
             fd, temporary = tempfile.mkstemp(dir=self._path.parent, prefix=self._path.name, suffix=".tmp")
             try:
                 with os.fdopen(fd, "w") as file:  # mkstemp makes it 0600: only the bridge's user reads it
