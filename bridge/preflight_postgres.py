@@ -16,6 +16,7 @@ from bridge.mapping.spec import canonical_pg_type
 from bridge.pg_connect import connect_error
 from bridge.preflight import Report, stored_row_counts
 from bridge.sources.pgoutput.drift import declared_type
+from bridge.sources.pgoutput.setup import publication_mismatch
 
 # Tables the statistics call smaller than this are counted (exactly, cheaply); bigger ones use reltuples.
 ROW_COUNT_LIMIT = 10_000
@@ -187,16 +188,10 @@ def _check_publication(report: Report, conn: psycopg.Connection[Any], source: An
         else:
             report.ok("source", subject, "does not exist yet: `run` creates it for exactly the mapped tables")
         return
-    present = {f"{s}.{t}" for s, t in conn.execute(
-        "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (name,))}
-    wanted = {f"{schema}.{t}" for t in tables}
-    if present != wanted:
-        report.error("source", subject, (
-            f"does not cover exactly the mapped tables: missing {sorted(wanted - present) or 'none'}, not mapped "
-            f"{sorted(present - wanted) or 'none'}. Fix: ALTER PUBLICATION {sql.Identifier(name).as_string(conn)} "
-            f"SET TABLE {table_list}"))
+    if mismatch := publication_mismatch(conn, name, schema, tables):
+        report.error("source", subject, mismatch)
     else:
-        report.ok("source", subject, f"covers exactly the {len(wanted)} mapped tables")
+        report.ok("source", subject, f"covers exactly the {len(tables)} mapped tables")
     skipped = [op for op, published in zip(("insert", "update", "delete", "truncate"), row) if not published]
     if skipped:
         report.warn("source", subject, (

@@ -94,16 +94,23 @@ def _ensure_publication(conn: psycopg.Connection[Any], settings: PgOutputSource,
                 f"cannot create publication {name!r} on {where}: {first_line(exc)}. It needs the CREATE "
                 "privilege on the database and ownership of the tables (or a superuser); or have an administrator "
                 f"run {create.as_string(conn)}") from exc
-    rows = conn.execute(
-        "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (name,)).fetchall()
-    present = {f"{s}.{t}" for s, t in rows}
-    if present != wanted:
-        alter = sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(sql.Identifier(name), table_list)
-        raise ConfigurationError(
-            f"publication {name!r} on {where} does not cover exactly the mapped tables: "
-            f"missing {sorted(wanted - present) or 'none'}, not mapped {sorted(present - wanted) or 'none'}. "
-            f"Fix: {alter.as_string(conn)}")
+    if mismatch := publication_mismatch(conn, name, schema, tables):
+        raise ConfigurationError(f"publication {name!r} on {where} {mismatch}")
     return False
+
+
+def publication_mismatch(conn: psycopg.Connection[Any], name: str, schema: str, tables: list[str]) -> str | None:
+    """How an existing publication differs from exactly the mapped tables, with the statement that fixes it;
+    None when it covers exactly them."""
+    present = {f"{s}.{t}" for s, t in conn.execute(
+        "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (name,))}
+    wanted = {f"{schema}.{t}" for t in tables}
+    if present == wanted:
+        return None
+    table_list = sql.SQL(", ").join(sql.Identifier(schema, t) for t in tables)
+    alter = sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(sql.Identifier(name), table_list)
+    return (f"does not cover exactly the mapped tables: missing {sorted(wanted - present) or 'none'}, not mapped "
+            f"{sorted(present - wanted) or 'none'}. Fix: {alter.as_string(conn)}")
 
 
 def _ensure_slot(conn: psycopg.Connection[Any], settings: PgOutputSource, where: str) -> bool:
