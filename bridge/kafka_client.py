@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket
 
-from bridge.errors import ConfigurationError, UnresolvableHost
+from bridge.errors import ConfigurationError, ServiceUnavailable, UnresolvableHost
 
 # Once a broker is back, a client should not sit out kafka-python's default reconnect backoff of up to 30 s
 # (the daemon's own backoff, bridge/supervisor.py, already spaces out the attempts to rebuild a client).
@@ -63,3 +63,9 @@ def require_resolvable(servers: str, setting: str) -> None:
                 raise UnresolvableHost(
                     f"the Kafka host {host!r} in {setting} does not resolve ({exc.strerror}): fix the address") from None
             # Anything else (EAI_AGAIN: the resolver did not answer) may pass: the client reports it.
+
+
+def broker_unreachable(servers: str, setting: str, exc: Exception) -> ServiceUnavailable:
+    """The error for a client that could not bootstrap from `servers` (configured by `setting`)."""
+    return ServiceUnavailable(f"no Kafka broker answers at {redacted_servers(servers)} ({setting}): {exc}; "
+                              "check the address and that the broker is up")

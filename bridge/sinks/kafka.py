@@ -29,7 +29,7 @@ from kafka.record.default_records import DefaultRecordBatchBuilder
 
 from bridge.errors import ConfigurationError, DeliveryError, RecordTooLarge, ServiceUnavailable
 from bridge.events import DomainEvent
-from bridge.kafka_client import CLIENT_BACKOFF, require_resolvable
+from bridge.kafka_client import CLIENT_BACKOFF, broker_unreachable, require_resolvable
 from bridge.ports import DeliveryCallback
 from bridge.settings import KafkaSink
 from bridge.sinks.dead_letters import encode_dead_letter
@@ -88,10 +88,7 @@ class KafkaEventSink:
         except KafkaConfigurationError as exc:
             raise ConfigurationError(f"the Kafka producer refuses the sink settings: {exc}") from exc
         except KafkaError as exc:  # kafka-python 3 raises KafkaTimeoutError when bootstrap fails
-            raise ServiceUnavailable(
-                f"no Kafka broker answers at {settings.bootstrap_servers} (sink.bootstrap_servers): {exc}; "
-                "check the address and that the broker is up"
-            ) from exc
+            raise broker_unreachable(settings.bootstrap_servers, "sink.bootstrap_servers", exc) from exc
         self._topics: dict[tuple[str, str], str] = {}
 
     def topic_of(self, event: DomainEvent) -> str:
@@ -174,9 +171,7 @@ def _admin(settings: KafkaSink) -> KafkaAdminClient:
         return KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers.split(","), client_id="cdc-bridge",
                                 bootstrap_timeout_ms=int(settings.bootstrap_timeout_s * 1000), **CLIENT_BACKOFF)
     except KafkaError as exc:
-        raise ServiceUnavailable(
-            f"no Kafka broker answers at {settings.bootstrap_servers} (sink.bootstrap_servers): {exc}; "
-            "check the address and that the broker is up") from exc
+        raise broker_unreachable(settings.bootstrap_servers, "sink.bootstrap_servers", exc) from exc
 
 
 def ensure_topics(admin: KafkaAdminClient, settings: KafkaSink, topics: Iterable[str]) -> list[str]:

@@ -23,7 +23,7 @@ from kafka.structs import OffsetAndMetadata
 
 from bridge.changes import SourcePosition, Transaction
 from bridge.errors import ChangeError, ConfigurationError, DecodeError, ServiceUnavailable
-from bridge.kafka_client import CLIENT_BACKOFF, require_resolvable
+from bridge.kafka_client import CLIENT_BACKOFF, broker_unreachable, require_resolvable
 from bridge.ports import SourceUnit, UndecodableRow
 from bridge.settings import DebeziumSource
 from bridge.sources.debezium.join_watch import JoinWatch
@@ -100,9 +100,7 @@ class DebeziumKafkaSource:
         except KafkaConfigurationError as exc:
             raise ConfigurationError(f"the Kafka consumer refuses the source settings: {exc}") from exc
         except KafkaError as exc:  # kafka-python 3 raises KafkaTimeoutError when bootstrap fails
-            raise ServiceUnavailable(
-                f"no Kafka broker answers at {settings.bootstrap_servers} (source.bootstrap_servers): {exc}; "
-                "check the address and that the broker is up") from exc
+            raise broker_unreachable(settings.bootstrap_servers, "source.bootstrap_servers", exc) from exc
         self._consumer.subscribe(topics=self._topics, listener=_Rebalances(self))
         self._join_watch = JoinWatch()
 
