@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from pathlib import Path
 from typing import Any
 
 from bridge.errors import BridgeError, ConfigurationError, DeliveryError, MappingError, ServiceUnavailable, UnresolvableHost
@@ -98,21 +97,13 @@ def _open_source(settings: Settings, mappings: Any) -> tuple[ChangeSource, dict[
         spill = SpillPolicy(settings.pipeline.spill_changes, settings.pipeline.spill_directory(settings.state.path))
         spill.prepare()
         pg = PgOutputChangeSource(settings.source, tables=mappings.tables(), contract=MappingContract.of(mappings),
-                                  acknowledged_path=acknowledged_path(settings), spill=spill)
+                                  acknowledged_path=settings.source.acknowledged_file(settings.state.path), spill=spill)
         return pg, {"source": "pgoutput", "dsn": redacted_dsn(settings.source.dsn), "slot": settings.source.slot_name,
                     "publication": settings.source.publication_name}
     from bridge.sources.debezium.source import DebeziumKafkaSource
 
     debezium = DebeziumKafkaSource(settings.source, tables=mappings.tables(), declared_types=mappings.declared_types())
     return debezium, {"source": "debezium", "topics": debezium.topics}
-
-
-def acknowledged_path(settings: Settings) -> Path | None:
-    """Where the pgoutput source keeps its acknowledged position: as configured, else beside the prior-row store."""
-    configured = getattr(settings.source, "acknowledged_path", None)
-    if configured is not None:
-        return Path(configured)
-    return settings.state.path.with_suffix(".acknowledged.json") if settings.state.path is not None else None
 
 
 def _serve_metrics(settings: Settings, resources: ExitStack) -> bool:

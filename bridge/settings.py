@@ -85,6 +85,12 @@ class PgOutputSource(_Section):
         None, description="where the position acknowledged to the slot is kept, so transactions a restarted "
                           "server resends are not published twice; default: beside state.path")
 
+    def acknowledged_file(self, state_path: Path | None) -> Path | None:
+        """Where the acknowledged position is kept: as configured, else beside the prior-row store (none without)."""
+        if self.acknowledged_path is not None:
+            return self.acknowledged_path
+        return state_path.with_suffix(".acknowledged.json") if state_path is not None else None
+
     @field_validator("dsn")
     @classmethod
     def _parseable(cls, value: str) -> str:
