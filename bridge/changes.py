@@ -139,18 +139,41 @@ class StoredChanges(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotMark:
+    """Where a batch of snapshot reads (op r) came from: one consistent snapshot of the legacy tables.
+
+    label: "initial" for the direct source's first snapshot, else the backfill run's id.
+    cut_lsn: the snapshot's consistent point; live changes committed after it are not in it, all before are.
+    epoch: 0, or the attempt number of a redone initial snapshot; part of the event ids, so that a redo's
+    events never share an id with an interrupted attempt's (whose rows may have changed since).
+    """
+
+    label: str
+    cut_lsn: int
+    epoch: int = 0
+
+    @property
+    def cut_text(self) -> str:
+        return _lsn_text(self.cut_lsn)
+
+
+@dataclass(frozen=True, slots=True)
 class Transaction:
     """All changes of one committed legacy transaction, in the order they were made.
 
     A snapshot read or a change without transaction metadata forms a transaction of its own. `changes` is a
     tuple, or for a transaction too large to hold in memory a :class:`StoredChanges` (pgoutput spills those
     to disk): iterate it, never gather it.
+
+    `snapshot` is set for a batch of rows read from one consistent snapshot (backfill, the initial snapshot):
+    each of its changes is translated as a transaction of its own, with ids from table and key (events.py).
     """
 
     xid: int | None
     commit_lsn: int
     commit_time: datetime
     changes: tuple[RowChange, ...] | StoredChanges
+    snapshot: SnapshotMark | None = None
 
     def tables(self) -> set[str]:
         stored = getattr(self.changes, "tables", None)

@@ -17,7 +17,7 @@ from datetime import date, datetime, time, timezone
 from decimal import Decimal
 from typing import Any
 
-from bridge.changes import UNKNOWN, SourcePosition
+from bridge.changes import UNKNOWN, SnapshotMark, SourcePosition
 from bridge.errors import TranslationError
 
 # Fixed forever: changing it would change every event id ever published.
@@ -41,10 +41,12 @@ class DomainEvent:
     data: Mapping[str, Any]
     rule_id: str
     position: SourcePosition
+    snapshot: SnapshotMark | None = None  # set for events of snapshot reads from the initial snapshot or a backfill
 
     def headers(self) -> list[tuple[str, bytes]]:
-        """CloudEvents binary-mode Kafka headers."""
-        return [
+        """CloudEvents binary-mode Kafka headers; events of a snapshot carry two extension attributes:
+        `backfill` (the run id, or "initial") and `backfillcut` (the snapshot's consistent point, an LSN)."""
+        headers = [
             ("ce_specversion", SPEC_VERSION.encode()),
             ("ce_id", self.id.encode()),
             ("ce_source", self.source.encode()),
@@ -54,6 +56,9 @@ class DomainEvent:
             ("ce_sequence", self.sequence.encode()),
             ("content-type", CONTENT_TYPE.encode()),
         ]
+        if self.snapshot is not None:
+            headers += [("ce_backfill", self.snapshot.label.encode()), ("ce_backfillcut", self.snapshot.cut_text.encode())]
+        return headers
 
     def key(self) -> bytes:
         """Kafka key: the aggregate id, so one aggregate's events stay in order on one partition."""
@@ -66,6 +71,15 @@ class DomainEvent:
 def event_id(source_id: str, position: SourcePosition, rule_id: str, major: int, output_index: int) -> str:
     name = f"{source_id}|{position.change_lsn}|{position.seq}|{rule_id}|{major}|{output_index}"
     return str(uuid.uuid5(EVENT_ID_NAMESPACE, name))
+
+
+def snapshot_event_id(source_id: str, schema: str, table: str, key: Mapping[str, Any], rule_id: str, major: int,
+                      output_index: int, epoch: int = 0) -> str:
+    """The id of an event of a snapshot read: from the row's table and key, not from where it was read, so the
+    same backfill run twice (or resumed) gives the same ids. `epoch` > 0 only for a redone initial snapshot."""
+    key_text = json.dumps(to_json_value(key, "key"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    name = f"{source_id}|snapshot|{schema}.{table}|{key_text}|{rule_id}|{major}|{output_index}"
+    return str(uuid.uuid5(EVENT_ID_NAMESPACE, name if not epoch else f"{name}|{epoch}"))
 
 
 def sequence_of(position: SourcePosition, output_index: int) -> str:

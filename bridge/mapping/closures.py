@@ -81,6 +81,16 @@ def aggregate_id_of(value: Any) -> str:
     raise EvalError(f"an aggregate id must be a non-empty string or a number, got {type_name(value)} {value!r}")
 
 
+def event_time_of(value: Any) -> datetime | None:
+    """A snapshot read's event time (`snapshot_time`): an aware timestamp, or None for the snapshot's own time."""
+    if value is None or (type(value) is datetime and value.tzinfo is not None):
+        return value
+    if type(value) is datetime:
+        raise EvalError(f"must be a timestamp with a time zone (timestamptz), got the naive timestamp {value!r}: "
+                        "use a timestamptz column, or give the zone, e.g. as_utc(after.updated_on) for a timestamp kept in UTC")
+    raise EvalError(f"must be a timestamp (a timestamptz column) or null, got {type_name(value)} {value!r}")
+
+
 _SCALARS = frozenset({str, int, bool, Decimal, type(None), datetime, date, time, UUID, bytes})
 
 

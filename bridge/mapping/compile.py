@@ -16,6 +16,7 @@ from bridge.changes import Op
 from bridge.mapping.closures import (
     NAMES,
     aggregate_id_of,
+    event_time_of,
     collector,
     guard,
     let_getter,
@@ -196,6 +197,10 @@ class _Builder:
                 item_fields[name] = fields
         when = self.predicate(rule.when, base + ("when",), names, state)
         emits = [self.emit(base + ("emit", j), emit, names, item_fields, state) for j, emit in enumerate(rule.emit)]
+        for j, emit in enumerate(rule.emit):
+            if emit.snapshot_time is not None and "r" not in rule.ops:
+                self.problem(base + ("emit", j, "snapshot_time"), "snapshot_time applies to snapshot reads only: add "
+                             "r to the rule's ops, or remove it")
         if len(self.report.problems) > problems_before:
             return None
         ops = frozenset(Op(letter) for letter in rule.ops)
@@ -222,12 +227,19 @@ class _Builder:
         evaluate = self.expr(emit.aggregate.id, id_path, inner, state)
         aggregate_id = guard(evaluate, state.id, field_path(id_path[2:]), check=aggregate_id_of) if evaluate else None
         fields = [self.field(name, spec, path + ("data", name), inner, state) for name, spec in emit.data.items()]
+        snapshot_time = None
+        if emit.snapshot_time is not None:
+            time_path = path + ("snapshot_time",)
+            evaluate = self.expr(emit.snapshot_time, time_path, inner, state)
+            if evaluate is None:
+                return None
+            snapshot_time = guard(evaluate, state.id, field_path(time_path[2:]), check=event_time_of)
         if aggregate_id is None or None in fields or (emit.each is not None and each is None):
             return None
         return CompiledEmit(
             event=emit.event, major=emit.version, aggregate_type=emit.aggregate.type, aggregate_id=aggregate_id,
             type=f"{self.spec.namespace}.{emit.aggregate.type}.{emit.event}.v{emit.version}",
-            fields=tuple(f for f in fields if f is not None), when=when, each=each)
+            fields=tuple(f for f in fields if f is not None), when=when, each=each, snapshot_time=snapshot_time)
 
     def field(self, name: str, spec: Any, path: tuple[Any, ...], names: Mapping[str, NameSpec],
               state: _RuleState, in_collect: bool = False) -> CompiledField | None:

@@ -57,6 +57,7 @@ class CompiledEmit:
     fields: tuple[CompiledField, ...]
     when: Getter | None = None
     each: Getter | None = None
+    snapshot_time: Getter | None = None  # guarded: an aware datetime or None; evaluated for snapshot reads only
 
 
 def reads_column(reads: frozenset[tuple[str, str]], table: str, column: str) -> bool:
@@ -143,6 +144,14 @@ class CompiledMappings:
     def aggregates(self) -> list[tuple[str, str]]:
         """(namespace, aggregate type) of every event the rules can emit: the sink's topics."""
         return sorted({(emit.type.rsplit(".", 3)[0], emit.aggregate_type) for rule in self.rules for emit in rule.emits})
+
+    def snapshot_tables(self) -> dict[str, list[str]]:
+        """table -> ids of the rules that say what an existing row (a snapshot read, op r) means: emit or ignore."""
+        tables: dict[str, list[str]] = {}
+        for rule in self.rules:
+            if Op.READ in rule.ops:
+                tables.setdefault(rule.table, []).append(rule.id)
+        return tables
 
     def rule_count(self) -> int:
         return len(self.rules)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import decimal
 from collections.abc import Callable, Mapping
-from datetime import date, datetime, time
+from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -182,6 +182,15 @@ def _fn_get(obj: Any, key: Any, default: Any = None) -> Any:
     return value
 
 
+def _fn_as_utc(value: Any) -> datetime | None:
+    """A legacy `timestamp` (no zone) read as UTC; an aware timestamp converted to UTC; null stays null."""
+    if value is None:
+        return None
+    if type(value) is datetime:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    raise EvalError(f"as_utc() needs a timestamp, got {type_name(value)}")
+
+
 def _never(value: Any) -> Any:  # known() and coalesce() are compiled specially
     raise AssertionError("unreachable")
 
@@ -193,5 +202,5 @@ FUNCTIONS: dict[str, tuple[Callable[..., Any], int, int]] = {
     "strip": (_text("strip", str.strip), 1, 1), "round": (_fn_round, 1, 2), "coalesce": (_never, 1, 16),
     "len": (_fn_len, 1, 1), "sum": (_fn_sum, 1, 1), "min": (_extreme("min", min), 1, 16),
     "max": (_extreme("max", max), 1, 16), "abs": (_fn_abs, 1, 1), "get": (_fn_get, 2, 3),
-    "known": (_never, 1, 1),
+    "known": (_never, 1, 1), "as_utc": (_fn_as_utc, 1, 1),
 }

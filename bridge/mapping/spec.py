@@ -156,6 +156,10 @@ class EmitSpec(_Strict):
     when: str | None = None
     each: str | None = None  # an expression giving a list: one event per element, bound to `item`
     data: dict[str, FieldSpec] = {}
+    # For snapshot reads (op r: backfill, initial snapshot): when the fact happened, from the row's own
+    # timestamps (an aware timestamp, or null for the time the snapshot was taken). Live changes keep their
+    # commit time.
+    snapshot_time: str | None = None
 
 
 class RuleSpec(_Strict):

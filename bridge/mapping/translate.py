@@ -27,7 +27,7 @@ from typing import Any
 
 from bridge.changes import Op, RowChange, Transaction
 from bridge.errors import TranslationError
-from bridge.events import DomainEvent, event_id, sequence_of
+from bridge.events import DomainEvent, event_id, sequence_of, snapshot_event_id
 from bridge.mapping.closures import build_object
 from bridge.mapping.compiled import CompiledMappings, CompiledRule, Scope
 from bridge.mapping.prior_rows import InMemoryPriorRows, PriorRows, RecordingPriorRows
@@ -132,6 +132,7 @@ def _translate_changes(changes: Iterable[RowChange], txi: TxIndex, mappings: Com
                        result: TranslationResult, stopped_rules: Mapping[str, str] | None) -> None:
     source = f"/cdc-bridge/{source_id}"
     index = mappings.index
+    mark = txi.tx.snapshot
     for change in changes:
         if change.op is Op.MESSAGE:
             continue  # logical messages are not row changes; nothing maps them (yet)
@@ -140,13 +141,17 @@ def _translate_changes(changes: Iterable[RowChange], txi: TxIndex, mappings: Com
             result.unmatched[change.table] += 1
             txi.record(change, None)
             continue
-        ctx = ChangeContext(change, txi)
+        # A row of a snapshot batch is a transaction of its own: no rule sees the other rows of its batch.
+        ctx = ChangeContext(change, txi if mark is None else TxIndex(Transaction(
+            xid=None, commit_lsn=change.position.commit_lsn, commit_time=change.commit_time, changes=(change,),
+            snapshot=mark), txi.prior, mappings))
         ignores, emitters = rules
         if _silenced(ignores, ctx, result, stopped_rules):
             txi.record(change, ctx)
             continue
         matched = failed = False
         emitted = 0  # events of this change so far: the change-level part of `sequence`
+        reading = change.op is Op.READ
         for rule in emitters:
             scope = Scope(ctx, rule.lets)
             try:
@@ -154,7 +159,7 @@ def _translate_changes(changes: Iterable[RowChange], txi: TxIndex, mappings: Com
                     raise TranslationError(f"rule '{rule.id}' is stopped: {stopped_rules[rule.id]}")
                 if rule.when is not None and not rule.when(scope):
                     continue
-                outputs = _run_emits(rule, scope)
+                outputs = _run_emits(rule, scope, reading)
             except TranslationError as exc:
                 _fail(rule, change, exc, result)
                 failed = True
@@ -162,13 +167,17 @@ def _translate_changes(changes: Iterable[RowChange], txi: TxIndex, mappings: Com
             matched = True
             result.rule_hits[rule.id] += 1
             position = change.position
-            for output_index, (emit, aggregate_id, data) in enumerate(outputs):
+            for output_index, (emit, aggregate_id, data, moment) in enumerate(outputs):
+                if mark is None:
+                    eid = event_id(source_id, position, rule.id, emit.major, output_index)
+                else:
+                    eid = snapshot_event_id(source_id, change.schema, change.table, change.key or {}, rule.id,
+                                            emit.major, output_index, mark.epoch)
                 result.events.append(DomainEvent(
-                    id=event_id(source_id, position, rule.id, emit.major, output_index),
-                    type=emit.type, source=source, subject=f"{emit.aggregate_type}/{aggregate_id}",
-                    time=change.commit_time, sequence=sequence_of(position, emitted),
+                    id=eid, type=emit.type, source=source, subject=f"{emit.aggregate_type}/{aggregate_id}",
+                    time=moment or change.commit_time, sequence=sequence_of(position, emitted),
                     aggregate_type=emit.aggregate_type, aggregate_id=aggregate_id, data=data,
-                    rule_id=rule.id, position=position))
+                    rule_id=rule.id, position=position, snapshot=mark))
                 emitted += 1
         if not matched and not failed:
             result.unmatched[change.table] += 1
@@ -193,15 +202,17 @@ def _silenced(ignores: tuple[CompiledRule, ...], ctx: ChangeContext, result: Tra
     return False
 
 
-def _run_emits(rule: CompiledRule, scope: Scope) -> list[tuple[Any, str, dict[str, Any]]]:
-    """All events of one rule for one change, or a TranslationError (then none of them)."""
-    outputs: list[tuple[Any, str, dict[str, Any]]] = []
+def _run_emits(rule: CompiledRule, scope: Scope, reading: bool) -> list[tuple[Any, str, dict[str, Any], Any]]:
+    """All events of one rule for one change, or a TranslationError (then none of them); with each, its own
+    time when the change is a snapshot read (`reading`) and the emit says when the fact happened."""
+    outputs: list[tuple[Any, str, dict[str, Any], Any]] = []
     for emit in rule.emits:
         if emit.when is not None and not emit.when(scope):
             continue
         for item in emit.each(scope) if emit.each is not None else (None,):
             scope.item = item
-            outputs.append((emit, emit.aggregate_id(scope), build_object(emit.fields, scope)))
+            moment = emit.snapshot_time(scope) if reading and emit.snapshot_time is not None else None
+            outputs.append((emit, emit.aggregate_id(scope), build_object(emit.fields, scope), moment))
     scope.item = None
     return outputs
 

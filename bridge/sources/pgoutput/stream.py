@@ -39,6 +39,8 @@ _PG_EPOCH_OFFSET_S = 946_684_800
 _SQLSTATE_OBJECT_IN_USE = "55006"
 _SQLSTATE_UNDEFINED_OBJECT = "42704"
 _SQLSTATE_INSUFFICIENT_PRIVILEGE = "42501"
+_SQLSTATE_DUPLICATE_OBJECT = "42710"
+_SQLSTATE_CONFIGURATION_LIMIT = "53400"
 
 
 class SlotInUse(ServiceUnavailable):
@@ -114,6 +116,31 @@ class ReplicationStream:
             return conn.get_result()
         except (psycopg.OperationalError, OSError) as exc:
             raise self._broken(str(exc)) from exc
+
+    def create_slot(self, slot: str, *, temporary: bool) -> tuple[int, str]:
+        """CREATE_REPLICATION_SLOT ... LOGICAL pgoutput (SNAPSHOT 'export'): the slot's consistent point and the
+        exported snapshot's name. The snapshot lives until this connection runs another command or closes."""
+        command = (f"CREATE_REPLICATION_SLOT {_identifier(slot)}{' TEMPORARY' if temporary else ''} LOGICAL pgoutput "
+                   "(SNAPSHOT 'export')")
+        result = self._command(command)
+        while self._command(None) is not None:  # the command's end
+            pass
+        if result is not None and result.status == pq.ExecStatus.TUPLES_OK and result.ntuples == 1:
+            consistent_point = (result.get_value(0, 1) or b"").decode()
+            return parse_lsn(consistent_point), (result.get_value(0, 2) or b"").decode()
+        text = libpq_text(result.error_message if result is not None else self._conn.error_message)
+        state = sqlstate_of(result)
+        if state == _SQLSTATE_DUPLICATE_OBJECT:
+            raise ConfigurationError(f"replication slot {slot!r} already exists on {self._where}: {text}")
+        if state == _SQLSTATE_INSUFFICIENT_PRIVILEGE:
+            raise ConfigurationError(
+                f"cannot create replication slot {slot!r} on {self._where}: {text}. The user needs the REPLICATION "
+                "attribute (ALTER ROLE <user> REPLICATION) or superuser")
+        if state == _SQLSTATE_CONFIGURATION_LIMIT:
+            raise ConfigurationError(
+                f"cannot create replication slot {slot!r} on {self._where}: {text}. Raise max_replication_slots "
+                "(or max_wal_senders), or drop a slot nobody uses")
+        raise ServiceUnavailable(f"cannot create replication slot {slot!r} on {self._where}: {text}")
 
     def start(self, slot: str, start_lsn: int, options: Mapping[str, str]) -> None:
         plugin_options = ", ".join(f"{_identifier(k)} {_literal(v)}" for k, v in options.items())
