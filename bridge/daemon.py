@@ -24,7 +24,7 @@ from bridge.pipeline import Pipeline, PipelineStats
 from bridge.preflight import enforce_at_start
 from bridge.redact import redacted_dsn
 from bridge.ports import ChangeSource, EventSink
-from bridge.settings import Settings
+from bridge.settings import KafkaSink, LocalLogSink, Settings
 from bridge.sinks.kafka import KafkaEventSink
 from bridge.sinks.locallog import LocalLogEventSink
 from bridge.state import PriorRowStore
@@ -48,7 +48,7 @@ def preflight(settings: Settings):  # noqa: ANN201 (returns the compiled mapping
 
 
 @contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -75,16 +75,17 @@ def _open_store(settings: Settings, mappings: Any) -> PriorRowStore | None:
     return PriorRowStore(path, tables=needing.keys())
 
 
-def _open_sink(settings: Settings, mappings: Any) -> EventSink:
-    if settings.sink.kind == "locallog":
+def open_sink(section: KafkaSink | LocalLogSink, aggregates: list[tuple[str, str]]) -> EventSink:
+    """The sink a `sink:` section describes; a local log that cannot be opened is a ConfigurationError."""
+    if isinstance(section, LocalLogSink):
         try:
-            return LocalLogEventSink.from_settings(settings.sink)
+            return LocalLogEventSink.from_settings(section)
         except OSError as exc:
             raise ConfigurationError(
-                f"cannot open the local event log at {settings.sink.path} (sink.path, sink.dead_letter_path): "
+                f"cannot open the local event log at {section.path} (sink.path, sink.dead_letter_path): "
                 f"{exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}: make the folder writable "
                 "by this user, or set sink.path to a writable place") from exc
-    return KafkaEventSink.open(settings.sink, mappings.aggregates())
+    return KafkaEventSink.open(section, aggregates)
 
 
 def _open_source(settings: Settings, mappings: Any) -> tuple[ChangeSource, dict[str, Any]]:
@@ -178,7 +179,7 @@ class _Runs:
         with ExitStack() as parts:
             try:
                 self.stage = "sink"
-                sink = _open_sink(settings, self.mappings)
+                sink = open_sink(settings.sink, self.mappings.aggregates())
                 parts.callback(_close_quietly, sink, "the sink")
                 self.stage = "source"
                 source, reading = _open_source(settings, self.mappings)
@@ -233,7 +234,7 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None,
     mappings = preflight(settings)
     enforce_at_start(settings, mappings, log)  # bridge/preflight.py: the checks of `cdc-bridge check`
     started = time.monotonic()
-    with ExitStack() as resources, _stop_on_signals(stop):
+    with ExitStack() as resources, stop_on_signals(stop):
         serving = _serve_metrics(settings, resources)  # first: /healthz answers while the rest opens
         store = _open_store(settings, mappings)
         if store is not None:

@@ -13,7 +13,7 @@ sending: one too large is reported as RecordTooLarge (nothing sent), which the p
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaProducer
@@ -47,7 +47,7 @@ class KafkaEventSink:
         the size limit read from them, topic metadata fetched."""
         require_resolvable(settings.bootstrap_servers, "sink.bootstrap_servers")
         topics = sorted(_topics_for(settings, aggregates))
-        admin = _admin(settings)
+        admin = admin_client(settings)
         try:
             if settings.create_topics and (created := ensure_topics(admin, settings, topics)):
                 log.info("created topics", extra={"topics": created})
@@ -63,6 +63,8 @@ class KafkaEventSink:
     def __init__(self, settings: KafkaSink, *, max_message_bytes: int | None = None,
                  limited_by: str = "sink.max_message_bytes") -> None:
         self._settings = settings
+        # Told (topic, partition, offset) of each record the broker acknowledged: a backfill's manifest.
+        self.on_delivered: Callable[[str, int, int], None] | None = None
         self.max_message_bytes = min(max_message_bytes or settings.max_message_bytes, settings.max_message_bytes)
         self._limited_by = limited_by
         delivery_timeout_ms = int(settings.delivery_timeout_s * 1000)
@@ -129,7 +131,12 @@ class KafkaEventSink:
         except KafkaError as exc:
             on_delivery(_delivery_error(exc, what, topic))
             return
-        future.add_callback(lambda _metadata: on_delivery(None))
+        if self.on_delivered is None:
+            future.add_callback(lambda _metadata: on_delivery(None))
+        else:
+            noted = self.on_delivered
+            future.add_callback(lambda metadata: (noted(metadata.topic, metadata.partition, metadata.offset),
+                                                  on_delivery(None)))
         future.add_errback(lambda exc: on_delivery(_delivery_error(exc, what, topic)))
 
     def flush(self, timeout_s: float) -> None:
@@ -166,7 +173,7 @@ def _topics_for(settings: KafkaSink, aggregates: list[tuple[str, str]]) -> set[s
     return {settings.topic_for(ns, agg) for ns, agg in aggregates} | {settings.dead_letter_topic}
 
 
-def _admin(settings: KafkaSink) -> KafkaAdminClient:
+def admin_client(settings: KafkaSink) -> KafkaAdminClient:
     try:
         return KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers.split(","), client_id="cdc-bridge",
                                 bootstrap_timeout_ms=int(settings.bootstrap_timeout_s * 1000), **CLIENT_BACKOFF)
