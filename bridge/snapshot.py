@@ -164,8 +164,9 @@ class SnapshotReader:
             self._conn.execute(query)
         except psycopg.Error as exc:
             self._conn.execute("ROLLBACK TO SAVEPOINT check_predicate")
-            detail = " ".join(str(exc).split())
-            raise ConfigurationError(f"--where {shape.table}={where!r} fails on {shape.qualified}: {detail}") from None
+            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigurationError(f"--where \"{shape.table}={where}\" fails on {shape.qualified}: {detail}: fix "
+                                     "the predicate (it is SQL, run in the table's WHERE clause)") from None
         self._conn.execute("RELEASE SAVEPOINT check_predicate")
 
     def batch(self, shape: TableShape, *, after: Sequence[str] | None, limit: int,
