@@ -97,3 +97,25 @@ def test_a_runs_state_survives_a_restart_owner_only_and_one_process_works_on_a_r
         RunLock(state.run_dir)
     lock.release()
     RunLock(state.run_dir).release()
+
+
+def test_progress_off_a_terminal_is_a_plain_line_with_rows_rate_and_eta() -> None:
+    import io
+    import time
+
+    from bridge.backfill_progress import ProgressDisplay
+    from bridge.pipeline import PipelineStats
+    from bridge.snapshot import TableShape
+
+    shape = TableShape("public", "orders", ("id",), (int,), ("id",), ("bigint",))
+    progress = {"orders": TableProgress("orders", total=1000)}
+    out = io.StringIO()
+    display = ProgressDisplay(out, interval_s=0.05)
+    display.start(progress, [shape], PipelineStats(events=12))
+    for read in (100, 200, 300):
+        progress["orders"].read = read
+        time.sleep(0.06)
+    display.stop()
+    last = out.getvalue().strip().splitlines()[-1]
+    assert last.startswith("backfill: 300/1000 rows (30%), ") and "rows/s, ETA " in last
+    assert "orders 300/1000; 12 events, 0 dead letters" in last
