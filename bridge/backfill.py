@@ -19,6 +19,7 @@ each snapshot's cut and the key ranges read from it (see the README's Backfill s
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 from collections import Counter
@@ -30,7 +31,7 @@ from typing import Any
 from bridge.backfill_state import RunLock, RunState, mappings_digest, new_run_id, write_private_json
 from bridge.backfill_target import CountingSink, DryRunSink, Target, publish_manifest
 from bridge.changes import SnapshotMark, SourcePosition
-from bridge.errors import ConfigurationError
+from bridge.errors import BridgeError, ConfigurationError
 from bridge.mapping.compiled import CompiledMappings
 from bridge.mapping.loader import load_mappings
 from bridge.pipeline import Pipeline, PipelineStats
@@ -39,7 +40,7 @@ from bridge.redact import redacted_dsn
 from bridge.settings import KafkaSink, Settings
 from bridge.snapshot import SnapshotReader, TableShape, export_snapshot
 from bridge.snapshot_scan import SnapshotBatch, SnapshotScan, TableProgress
-from bridge.sources.pgoutput.protocol import lsn_text
+from bridge.sources.pgoutput.protocol import lsn_text, parse_lsn
 
 log = logging.getLogger("bridge.backfill")
 
@@ -72,6 +73,15 @@ class BackfillResult:
     target: str
     skipped: dict[str, str] = field(default_factory=dict)  # mapped tables not read, and why
     manifest: dict[str, Any] | None = None
+
+
+class BackfillInterrupted(BridgeError):
+    """A run stopped by an error once it had begun publishing: what was acknowledged is saved, --resume goes on."""
+
+    def __init__(self, cause: BridgeError, run_id: str) -> None:
+        super().__init__(f"{cause} (backfill {run_id} stopped; what the target acknowledged is saved: continue "
+                         f"with `cdc-bridge backfill --resume {run_id}` once that is fixed)")
+        self.exit_code, self.retryable = cause.exit_code, cause.retryable
 
 
 class BackfillSource:
@@ -165,6 +175,10 @@ def run_backfill(settings: Settings, options: BackfillOptions, *, stop: threadin
                     display.start(state.progress, shapes, stats)
                 try:
                     pipeline.run(stop)  # set by a signal, or by the source once every row was handed out
+                except BridgeError as exc:
+                    if options.dry_run:
+                        raise
+                    raise BackfillInterrupted(exc, state.run_id) from exc
                 finally:
                     if display is not None:
                         display.stop()
@@ -188,6 +202,8 @@ def run_backfill(settings: Settings, options: BackfillOptions, *, stop: threadin
     finally:
         if lock is not None:
             lock.release()
+            if not state.path.exists():  # stopped before it began: leave no run behind to resume
+                shutil.rmtree(state.run_dir, ignore_errors=True)
 
 
 def choose_tables(mappings: CompiledMappings, requested: Sequence[str] | None) -> tuple[list[tuple[str, str]], dict[str, str]]:
@@ -274,8 +290,6 @@ def _open_snapshot(dsn: str, state: RunState, where: str, settings: Settings, *,
     if dry_run:
         reader = SnapshotReader.open(dsn, None, where=where, connect_timeout_s=timeout)
         row = reader.connection.execute("SELECT pg_current_wal_lsn()::text").fetchone()
-        from bridge.sources.pgoutput.protocol import parse_lsn
-
         return reader, parse_lsn(row[0]) if row else 0
     slot = f"cdc_bridge_backfill_{state.run_id.rsplit('-', 1)[-1]}_{len(state.cuts)}"
     exported = export_snapshot(dsn, slot, temporary=True, where=where, connect_timeout_s=timeout,

@@ -134,6 +134,8 @@ def test_bad_input_is_one_line_with_exit_code_2_before_anything_is_published(
     error = [line for line in done.stderr.splitlines() if not line.startswith(("INFO", "WARNING"))]
     assert len(error) == 1 and error[0].startswith("cdc-bridge:") and expected in error[0], done.stderr
     assert not (tmp_path / "out").exists() or not _log_records(tmp_path / "out")
+    assert not list((tmp_path / "state" / "backfills").glob("*/state.json")), "no run is left to resume"
+    assert not [p for p in (tmp_path / "state" / "backfills").glob("*") if "20990101" not in p.name]
 
 
 def test_a_table_without_primary_key_or_without_a_rule_for_existing_rows_is_refused(
