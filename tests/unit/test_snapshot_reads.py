@@ -170,3 +170,18 @@ def test_an_empty_table_ends_with_one_empty_batch_that_marks_it_done() -> None:
     scan.done(unit)
     scan.advance()
     assert scan.finished and scan.progress["items"].done
+
+
+def test_the_fast_uuid5_and_key_text_are_exactly_the_standard_ones() -> None:
+    import json
+    import random
+    import uuid
+
+    from bridge.events import EVENT_ID_NAMESPACE, key_text, to_json_value, uuid5_text
+
+    rng = random.Random(5)
+    for _ in range(2000):
+        name = "".join(chr(rng.choice([rng.randint(32, 126), rng.randint(160, 0x2FFF)])) for _ in range(rng.randint(0, 80)))
+        assert uuid5_text(name) == str(uuid.uuid5(EVENT_ID_NAMESPACE, name))
+    for key in ({"id": 1}, {"id": -(2**70)}, {'we"ird': 3}, {"é": 7}, {"b": 1, "a": "x"}, {"id": True}, {"id": "7"}):
+        assert key_text(key) == json.dumps(to_json_value(key), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
