@@ -19,6 +19,7 @@ from bridge.sources.pgoutput.snapshot_marker import (
     needs_system_id,
     plan_start,
 )
+from bridge.sources.pgoutput.source import PgOutputChangeSource
 from tests.support.local_stack import REPO_ROOT
 
 SLOT = "cdc_bridge"
@@ -80,6 +81,12 @@ def test_initial_without_a_place_for_the_marker_is_a_configuration_error() -> No
     assert marker_file("never", None) is None
     kept = marker_file("never", Path("m.json"))
     assert isinstance(kept, MarkerFile) and kept.path == Path("m.json")
+
+
+def test_a_source_with_initial_and_nowhere_to_keep_the_marker_stops_before_connecting() -> None:
+    settings = PgOutputSource(dsn="postgresql://bridge@legacy-db.invalid:5432/restaurant")
+    with pytest.raises(ConfigurationError, match=r"state.path or source.acknowledged_path.*source.snapshot: never"):
+        PgOutputChangeSource(settings, ["customers"])
 
 
 def test_the_marker_lives_beside_the_acknowledged_position_file(tmp_path: Path) -> None:
