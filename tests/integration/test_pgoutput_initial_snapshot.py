@@ -180,9 +180,11 @@ def test_rows_from_before_the_bridge_are_published_as_a_snapshot_then_live_chang
     messages = [r.getMessage() for r in caplog.records]
     assert "started" in messages
     started = next(r for r in caplog.records if r.getMessage().startswith("initial snapshot started"))
+    rows = sum(len(table_rows) for table_rows in before.values())
     assert (started.slot, started.cut, started.tables) == (slot, marker["cut"], SNAPSHOT_TABLES)  # type: ignore[attr-defined]
+    assert (started.rows_to_read, started.rows_estimated) == (rows, False)  # type: ignore[attr-defined]
     finished = next(r for r in caplog.records if r.getMessage() == "initial snapshot finished")
-    assert finished.rows == sum(len(rows) for rows in before.values())  # type: ignore[attr-defined]
+    assert finished.rows == rows and finished.seconds >= 0  # type: ignore[attr-defined]
     assert stats.transactions == 1, "snapshot batches are not counted as legacy transactions"
 
 

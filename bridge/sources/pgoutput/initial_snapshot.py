@@ -18,10 +18,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import psycopg
 import psycopg.errors
+from psycopg import sql
 
 from bridge.changes import SnapshotMark
 from bridge.errors import ConfigurationError, ServiceUnavailable
@@ -38,9 +38,11 @@ log = logging.getLogger("bridge.sources.pgoutput.source")
 MAX_UNITS_PER_POLL = 4
 PROGRESS_INTERVAL_S = 30.0
 
-_ESTIMATES_SQL = """
-SELECT c.relname::text, c.reltuples::bigint FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = %s AND c.relname = ANY(%s) AND c.relkind IN ('r', 'p')
+# Tables up to this many rows are counted exactly in the snapshot (cheap); bigger ones take the planner's estimate.
+COUNT_LIMIT = 10_000
+_ESTIMATE_SQL = """
+SELECT c.reltuples::bigint FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')
 """
 
 
@@ -58,11 +60,11 @@ class InitialSnapshot:
                                   settings.snapshot_batch_rows, progress={})
         self._started = self._last_report = time.monotonic()
         self.finished = False
-        estimated = self._estimate(settings.schema_name, tables)
+        rows, estimated = self._count()
         log.info("initial snapshot started: every mapped table is read in the slot's exported snapshot, then the "
                  "slot is streamed from its consistent point", extra={
                      "slot": self._slot, "cut": self._marker.cut_text, "epoch": self._marker.epoch,
-                     "tables": list(tables), **({"rows_estimated": estimated} if estimated is not None else {})})
+                     "tables": list(tables), "rows_to_read": rows, "rows_estimated": estimated})
 
     @classmethod
     def begin(cls, slot: SnapshotSlot | None, tables: Sequence[str], settings: PgOutputSource,
@@ -151,17 +153,25 @@ class InitialSnapshot:
         read, acknowledged = self._rows()
         done = [table for table, p in self._scan.progress.items() if p.done]
         log.info("initial snapshot progress", extra={
-            "slot": self._slot, "rows_read": read, "rows_acknowledged": acknowledged, "reading": self._table(),
+            "slot": self._slot, "rows_read": read, "rows_acknowledged": acknowledged,
+            "rows_to_read": sum(p.total or 0 for p in self._scan.progress.values()), "reading": self._table(),
             "tables_done": done, "seconds": round(now - self._started, 1)})
 
-    def _estimate(self, schema: str, tables: Sequence[str]) -> int | None:
-        """The planner's row estimates (no table is scanned for them); None when a table was never analysed."""
+    def _count(self) -> tuple[int, bool]:
+        """Rows the snapshot holds (kept as each table's total for progress), and whether any is an estimate."""
+        estimated = False
+        conn = self._reader.connection
         try:
-            rows = self._reader.connection.execute(_ESTIMATES_SQL, (schema, list(tables))).fetchall()
+            for shape in self._scan.shapes:
+                row = conn.execute(_ESTIMATE_SQL, (shape.schema, shape.table)).fetchone()
+                total = max(int(row[0]), 0) if row is not None else 0
+                if total < COUNT_LIMIT:  # (statistics of a table just filled may say 0: count it)
+                    query = sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} LIMIT {}) s").format(
+                        sql.Identifier(shape.schema, shape.table), sql.Literal(COUNT_LIMIT + 1))
+                    total = int(conn.execute(query).fetchone()[0])  # type: ignore[index]
+                estimated = estimated or total > COUNT_LIMIT
+                self._scan.progress[shape.table].total = total
         except psycopg.Error as exc:
             raise ServiceUnavailable(f"the initial snapshot's connection to {self._where} failed: {first_line(exc)}"
                                      ) from exc
-        counts: dict[str, Any] = dict(rows)
-        if any(counts.get(t) is None or counts[t] < 0 for t in tables):
-            return None
-        return int(sum(counts[t] for t in tables))
+        return sum(p.total or 0 for p in self._scan.progress.values()), estimated
