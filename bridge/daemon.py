@@ -97,8 +97,10 @@ def _open_source(settings: Settings, mappings: Any) -> tuple[ChangeSource, dict[
 
         spill = SpillPolicy(settings.pipeline.spill_changes, settings.pipeline.spill_directory(settings.state.path))
         spill.prepare()
-        pg = PgOutputChangeSource(settings.source, tables=mappings.tables(), contract=MappingContract.of(mappings),
-                                  acknowledged_path=settings.source.acknowledged_file(settings.state.path), spill=spill)
+        pg = PgOutputChangeSource(settings.source, tables=mappings.tables_in_rule_order(),
+                                  contract=MappingContract.of(mappings),
+                                  acknowledged_path=settings.source.acknowledged_file(settings.state.path), spill=spill,
+                                  snapshot_marker=settings.source.snapshot_file(settings.state.path))
         return pg, {"source": "pgoutput", "dsn": redacted_dsn(settings.source.dsn), "slot": settings.source.slot_name,
                     "publication": settings.source.publication_name}
     from bridge.sources.debezium.source import DebeziumKafkaSource

@@ -131,8 +131,9 @@ class PipelineMetrics:
         self._last_flush = self._last_lag = 0.0
         self._lag_failed = False
 
-    def transaction(self, transaction: Any, result: Any, heartbeat: bool, *, first_slice: bool = True) -> None:
-        """One translated transaction, or one slice of a large one (counted as a transaction with its first)."""
+    def transaction(self, transaction: Any, result: Any, uncounted: bool, *, first_slice: bool = True) -> None:
+        """One translated transaction, or one slice of a large one (counted as a transaction with its first);
+        `uncounted`: not a legacy transaction (a heartbeat, a batch of snapshot reads), though its changes count."""
         changes = self._changes
         for change in transaction.changes:
             changes[(change.table, change.op)] += 1
@@ -141,7 +142,7 @@ class PipelineMetrics:
             events[event.type] += 1
         for letter in result.dead_letters:
             self._letters[(letter.rule_id, dead_letter_reason(letter.error))] += 1
-        self._transactions += not heartbeat and first_slice
+        self._transactions += not uncounted and first_slice
 
     def undecodable(self, count: int = 1) -> None:
         self._letters[("", "undecodable")] += count
@@ -150,9 +151,10 @@ class PipelineMetrics:
         self._letters[(rule, "too_large")] += 1
 
     def published(self, unit: Any) -> None:
-        """Every event of `unit` is acknowledged: its commit-to-publish latency."""
+        """Every event of `unit` is acknowledged: its commit-to-publish latency (a snapshot read has no commit: its
+        time is when the snapshot was taken)."""
         transaction = unit.transaction
-        if transaction is not None and not unit.heartbeat:
+        if transaction is not None and not unit.heartbeat and transaction.snapshot is None:
             LATENCY.observe(max(0.0, time.time() - transaction.commit_time.timestamp()))
 
     def turn(self, now: float, in_flight: int) -> None:

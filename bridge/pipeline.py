@@ -160,7 +160,8 @@ class Pipeline:
             return
         transaction = unit.transaction
         assert transaction is not None
-        self.stats.transactions += not unit.heartbeat  # the source's keep-alives are not legacy transactions
+        # Neither the source's keep-alives nor a batch of snapshot reads is a legacy transaction (their rows count).
+        self.stats.transactions += not unit.heartbeat and transaction.snapshot is None
         unit_id = self._track(unit, 0, held=True)  # held open until its last slice is published
         stored = None if type(transaction.changes) is tuple else transaction.changes  # spilled to disk
         try:
@@ -187,7 +188,8 @@ class Pipeline:
         self.stats.unmatched.update(result.unmatched)
         self.stats.ignored.update(result.ignored)
         if self.metrics is not None:
-            self.metrics.transaction(part, result, unit.heartbeat, first_slice=not after_others)
+            snapshot = unit.transaction is not None and unit.transaction.snapshot is not None
+            self.metrics.transaction(part, result, unit.heartbeat or snapshot, first_slice=not after_others)
         letters = []
         for letter in result.dead_letters:
             if self._policy(letter) == "stop":

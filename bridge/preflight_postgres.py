@@ -79,12 +79,14 @@ def check_direct_source(report: Report, settings: Any, mappings: Any) -> None:
         if server is None:  # a role that pg_roles does not show: nothing else can be told
             report.error("source", "role", f"cannot read the connecting role's attributes at {where}")
             return
-        _check_server(report, conn, source, server)
+        slot_exists = _check_server(report, conn, source, server)
         _check_publication(report, conn, source, mappings, server)
-        _check_tables(report, conn, settings, mappings)
+        # A slot `run` creates comes with the initial snapshot, which reads every existing row into the store.
+        _check_tables(report, conn, settings, mappings, snapshot_first=not slot_exists and source.snapshot == "initial")
 
 
-def _check_server(report: Report, conn: psycopg.Connection[Any], source: Any, server: tuple[Any, ...]) -> None:
+def _check_server(report: Report, conn: psycopg.Connection[Any], source: Any, server: tuple[Any, ...]) -> bool:
+    """The server, the role and the slot; whether the slot exists."""
     wal_level, max_slots, max_senders, database, user, superuser, replication, _create, slots, senders = server
     if wal_level == "logical":
         report.ok("source", "wal_level", "logical")
@@ -106,11 +108,14 @@ def _check_server(report: Report, conn: psycopg.Connection[Any], source: Any, se
             report.error("source", subject, f"must be created, but all {max_slots} replication slots are taken "
                                             "(max_replication_slots): drop an unused slot or raise the setting "
                                             "and restart PostgreSQL")
+        elif source.snapshot == "initial":
+            report.ok("source", subject, "does not exist yet: `run` creates it and first publishes the rows of every "
+                                         "mapped table from its exported snapshot (source.snapshot: initial)")
         else:
             report.ok("source", subject, "does not exist yet: `run` creates it (it starts at the current WAL "
-                                         "position: rows written before are not streamed)")
+                                         "position: rows written before are not published, source.snapshot: never)")
     else:
-        _check_slot(report, subject, slot, database)
+        _check_slot(report, subject, slot, database, source.snapshot)
     # The bridge needs one walsender; a restart whose predecessor's walsender still lingers needs two.
     free = max_senders - senders
     if free <= 0:
@@ -129,18 +134,22 @@ def _check_server(report: Report, conn: psycopg.Connection[Any], source: Any, se
         report.warn("source", "heartbeats", f"role {user} may not run pg_logical_emit_message, so a quiet database's "
                                             "slot cannot advance and keeps WAL: GRANT EXECUTE ON FUNCTION "
                                             f"pg_logical_emit_message(boolean, text, text) TO {user}")
+    return slot is not None
 
 
-def _check_slot(report: Report, subject: str, slot: tuple[Any, ...], database: str) -> None:
+def _check_slot(report: Report, subject: str, slot: tuple[Any, ...], database: str, snapshot: str) -> None:
     plugin, kind, slot_db, active, active_pid, wal_status, retained, unconfirmed = slot
     if kind != "logical" or plugin != "pgoutput" or slot_db != database:
         report.error("source", subject, f"is a {kind} slot with plugin {plugin} on database {slot_db}; the bridge "
                                         f"needs a logical pgoutput slot on {database}: choose another source.slot_name")
         return
     if wal_status == "lost":
+        recover = ("with source.snapshot: initial it first publishes every row as it is now (events of op r)"
+                   if snapshot == "initial" else "and recover the gap with a backfill (issue 9, not built yet), or "
+                   "set source.snapshot: initial to publish every row as it is now first")
         report.error("source", subject, "is invalidated (wal_status lost): the WAL it needed was removed, so changes "
-                                        "were lost. Drop it (SELECT pg_drop_replication_slot(...)), let `run` create "
-                                        "a new one, and recover the gap with a backfill (issue 9, not built yet)")
+                                        "were lost. Drop it (SELECT pg_drop_replication_slot(...)) and let `run` "
+                                        f"create a new one: {recover}")
         return
     held = f"holds {_size(retained)} of WAL ({_size(unconfirmed)} not yet confirmed by the bridge)"
     if wal_status in ("extended", "unreserved"):
@@ -199,7 +208,8 @@ def _check_publication(report: Report, conn: psycopg.Connection[Any], source: An
             f"{sql.Identifier(name).as_string(conn)} SET (publish = 'insert, update, delete, truncate')"))
 
 
-def _check_tables(report: Report, conn: psycopg.Connection[Any], settings: Any, mappings: Any) -> None:
+def _check_tables(report: Report, conn: psycopg.Connection[Any], settings: Any, mappings: Any, *,
+                  snapshot_first: bool) -> None:
     schema = settings.source.schema_name
     tables = mappings.tables()
     found = {row[0]: row[1:] for row in conn.execute(_TABLES_SQL, (schema, tables))}
@@ -220,7 +230,7 @@ def _check_tables(report: Report, conn: psycopg.Connection[Any], settings: Any, 
         if table in needing and identity != "f":
             estimates[table] = _row_estimate(conn, schema, table, reltuples, can_select)
     if estimates and settings.state.path is not None:
-        _check_coverage(report, settings, needing, estimates)
+        _check_coverage(report, settings, needing, estimates, snapshot_first=snapshot_first)
 
 
 def _check_identity(report: Report, qualified: str, identity: str, has_pk: bool, rules: tuple[str, ...] | None,
@@ -275,7 +285,7 @@ def _row_estimate(conn: psycopg.Connection[Any], schema: str, table: str, reltup
 
 
 def _check_coverage(report: Report, settings: Any, needing: dict[str, tuple[str, ...]],
-                    estimates: dict[str, int]) -> None:
+                    estimates: dict[str, int], *, snapshot_first: bool) -> None:
     seen = stored_row_counts(settings.state.path, estimates, estimates)
     if isinstance(seen, str):
         report.error("prior-row store", "state.path", seen)
@@ -285,6 +295,10 @@ def _check_coverage(report: Report, settings: Any, needing: dict[str, tuple[str,
         qualified, held = f"{schema}.{table}", seen.get(table, 0)
         if rows == 0 or held >= rows * (1.0 if rows < ROW_COUNT_LIMIT else COVERAGE_TOLERANCE):
             report.ok("prior-row store", qualified, f"has seen {held} rows of about {rows}")
+            continue
+        if snapshot_first:
+            report.ok("prior-row store", qualified, f"has seen {held} rows of about {rows}: `run` reads them into it "
+                                                    "with the initial snapshot, before streaming")
             continue
         report.warn("prior-row store", qualified, (
             f"has seen {held} of about {rows} existing rows: an update or delete of a row it has not seen gets no "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 FILE_MODE = 0o600
@@ -37,3 +38,27 @@ def restrict_file(path: Path) -> None:
         os.chmod(path, FILE_MODE)
     except FileNotFoundError:
         pass
+
+
+def replace_privately(path: Path, text: str) -> None:
+    """Durably make `text` the content of `path`, owner-only: write a new file, fsync, rename, fsync the folder.
+
+    A crash leaves the old content or the new, never a mix; missing folders are created owner-only. OSError
+    for the caller to name the setting that chose the place.
+    """
+    make_private_directories(path.parent)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as file:  # mkstemp makes it 0600: only the bridge's user reads it
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)

@@ -84,12 +84,24 @@ class PgOutputSource(_Section):
     acknowledged_path: Path | None = Field(
         None, description="where the position acknowledged to the slot is kept, so transactions a restarted "
                           "server resends are not published twice; default: beside state.path")
+    snapshot: Literal["initial", "never"] = Field(
+        "initial", description="when `run` creates the slot, read every mapped table inside the slot's exported "
+                               "snapshot first (events of op r), then stream from the slot's consistent point; "
+                               "never: only changes made after the slot was created are published")
+    snapshot_batch_rows: int = Field(
+        1000, gt=0, description="rows of one table the initial snapshot reads per batch (one unit of work)")
 
     def acknowledged_file(self, state_path: Path | None) -> Path | None:
         """Where the acknowledged position is kept: as configured, else beside the prior-row store (none without)."""
         if self.acknowledged_path is not None:
             return self.acknowledged_path
         return state_path.with_suffix(".acknowledged.json") if state_path is not None else None
+
+    def snapshot_file(self, state_path: Path | None) -> Path | None:
+        """Where the initial snapshot's marker is kept: beside the acknowledged-position file (none without)."""
+        if self.acknowledged_path is not None:
+            return self.acknowledged_path.with_suffix(".snapshot.json")
+        return state_path.with_suffix(".snapshot.json") if state_path is not None else None
 
     @field_validator("dsn")
     @classmethod

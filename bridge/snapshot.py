@@ -62,15 +62,19 @@ class ExportedSnapshot:
 
 
 def export_snapshot(dsn: str, slot: str, *, temporary: bool, where: str, connect_timeout_s: float = 10.0,
-                    application_name: str = "cdc-bridge-snapshot") -> ExportedSnapshot:
+                    application_name: str = "cdc-bridge-snapshot",
+                    before_create: Callable[[ReplicationStream], None] | None = None) -> ExportedSnapshot:
     """Create logical slot `slot` (pgoutput) with an exported snapshot over a replication connection.
 
     A temporary slot is dropped by the server when the connection closes: a backfill uses one only for its
-    snapshot. The caller must import the snapshot (SnapshotReader.open) before `release`.
+    snapshot. The caller must import the snapshot (SnapshotReader.open) before `release`. `before_create` is
+    given the connection before the slot is created (IDENTIFY_SYSTEM may run on it; no transaction may).
     """
     stream = ReplicationStream(dsn, where=where, session_options=SESSION_SETTINGS, application_name=application_name,
                                connect_timeout_s=connect_timeout_s)
     try:
+        if before_create is not None:
+            before_create(stream)
         cut, name = stream.create_slot(slot, temporary=temporary)
     except BaseException:
         stream.close()

@@ -92,6 +92,11 @@ class SnapshotScan:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
+    @property
+    def reading(self) -> TableShape | None:
+        """The table the next batch comes from; None once every table was read."""
+        return self.shapes[self._table] if self._table < len(self.shapes) else None
+
     def next_unit(self) -> SourceUnit | None:
         """The next batch, or None once every table was read to its end."""
         while self._table < len(self.shapes):

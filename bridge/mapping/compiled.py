@@ -138,6 +138,11 @@ class CompiledMappings:
         """The tables rules read (plain names; each rule's schema is in rule.schema)."""
         return sorted({rule.table for rule in self.rules})
 
+    def tables_in_rule_order(self) -> list[str]:
+        """The tables rules read, in the order rules first mention them: mappings name parents first, so a
+        snapshot read in this order publishes an order's events before its lines'."""
+        return list(dict.fromkeys(rule.table for rule in self.rules))
+
     def event_types(self) -> list[str]:
         return sorted({emit.type for rule in self.rules for emit in rule.emits})
 

@@ -72,7 +72,16 @@ def test_a_ready_database_with_existing_rows_warns_that_the_store_has_not_seen_t
     assert "`run` creates it" in of(findings, "ok")[f"slot {names}"]
 
     run_simulation(fresh_legacy_db, seed=3, count=60)
+    # `run` would create the slot with the initial snapshot, which reads every existing row into the store first.
     code, findings = check(config)
+    assert code == 0, of(findings, "warning") | of(findings, "error")
+    assert "from its exported snapshot (source.snapshot: initial)" in of(findings, "ok")[f"slot {names}"]
+    assert "`run` reads them into it with the initial snapshot" in of(findings, "ok")["public.menu_items"]
+
+    # Without the snapshot nothing fills the store.
+    config = direct_config(tmp_path, fresh_legacy_db, names, snapshot="never")
+    code, findings = check(config)
+    assert "rows written before are not published" in of(findings, "ok")[f"slot {names}"]
     assert code == 1
     warnings = of(findings, "warning")
     uncovered = {subject.removeprefix("public.") for subject in warnings}

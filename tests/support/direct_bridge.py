@@ -26,8 +26,10 @@ from bridge.sources.pgoutput.protocol import parse_lsn
 from tests.support.local_stack import REPO_ROOT
 
 
-def direct_settings(dsn: str, slot: str, workdir: Path, *, events: str = "events", **source: Any) -> Settings:
-    """Restaurant mappings, source pgoutput on `dsn`, sink the local log `workdir/<events>`, store in `workdir`."""
+def direct_settings(dsn: str, slot: str, workdir: Path, *, events: str = "events",
+                    pipeline: dict[str, Any] | None = None, **source: Any) -> Settings:
+    """Restaurant mappings, source pgoutput on `dsn`, sink the local log `workdir/<events>`, store in `workdir`;
+    `pipeline` adds pipeline settings."""
     return Settings(
         source_id="legacy-restaurant",
         mappings=[REPO_ROOT / "mappings" / "restaurant.yaml"],
@@ -35,7 +37,7 @@ def direct_settings(dsn: str, slot: str, workdir: Path, *, events: str = "events
                 "heartbeat_interval_s": 0.5, "status_interval_s": 0.2, **source},
         sink={"kind": "locallog", "path": str(workdir / events), "fsync_interval_ms": 1.0},
         state={"path": str(workdir / "prior-rows.sqlite")},
-        pipeline={"commit_interval_s": 0.3},
+        pipeline={"commit_interval_s": 0.3, **(pipeline or {})},
         logging={"level": "INFO", "format": "json"},
     )
 

@@ -3,6 +3,7 @@ and what end-to-end tests ask of it: its slot exists, it caught up, the events a
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from pathlib import Path
@@ -15,6 +16,14 @@ from tests.support.bridge_process import BridgeProcess, write_e2e_config
 from tests.support.kafka_reading import read_all
 
 AGGREGATES = ("customer", "menu_item", "order")
+
+
+def snapshot_complete(marker: Path) -> bool:
+    """The initial snapshot's marker file says it finished (bridge/sources/pgoutput/snapshot_marker.py)."""
+    try:
+        return json.loads(marker.read_text()).get("complete") is True
+    except (FileNotFoundError, ValueError):  # not written yet, or caught mid-replace
+        return False
 
 
 class DirectRun:
@@ -35,6 +44,7 @@ class DirectRun:
                   "dead_letter_topic": f"{self.out}.dead-letters", **(sink or {})},
             pipeline=pipeline)
         self.log = tmp_path / "bridge.log"
+        self.marker = tmp_path / "prior-rows.snapshot.json"  # the initial snapshot's, beside state.path
 
     def bridge(self) -> BridgeProcess:
         return BridgeProcess(self.config, self.log).start()
@@ -51,6 +61,14 @@ class DirectRun:
         while self._confirmed_flush() is None:
             assert bridge.alive(), bridge.log()[-3000:]
             assert time.monotonic() < deadline, f"no slot {self.slot} after {timeout_s}s:\n{bridge.log()[-3000:]}"
+            time.sleep(0.2)
+
+    def wait_for_snapshot(self, bridge: BridgeProcess, timeout_s: float = 60) -> None:
+        """The bridge finished its initial snapshot (its marker says complete): it streams from now on."""
+        deadline = time.monotonic() + timeout_s
+        while not snapshot_complete(self.marker):
+            assert bridge.alive(), bridge.log()[-3000:]
+            assert time.monotonic() < deadline, f"no complete snapshot after {timeout_s}s:\n{bridge.log()[-3000:]}"
             time.sleep(0.2)
 
     def wait_caught_up(self, bridge: BridgeProcess, timeout_s: float = 180) -> None:

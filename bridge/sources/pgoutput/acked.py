@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
 from bridge.errors import ConfigurationError
-from bridge.private_files import make_private_directories
+from bridge.private_files import replace_privately
 from bridge.sources.pgoutput.protocol import lsn_text, parse_lsn
 from bridge.sources.pgoutput.stream import SystemIdentity
 
@@ -81,22 +79,7 @@ class AcknowledgedPositions:
         data[key] = {"timeline": identity.timeline, "lsn": lsn_text(lsn),
                      "saved_at": datetime.now(UTC).isoformat(timespec="seconds")}
         try:
-            make_private_directories(self._path.parent)
-            fd, temporary = tempfile.mkstemp(dir=self._path.parent, prefix=self._path.name, suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w") as file:  # mkstemp makes it 0600: only the bridge's user reads it
-                    json.dump(data, file, indent=1, sort_keys=True)
-                    file.flush()
-                    os.fsync(file.fileno())
-                os.replace(temporary, self._path)
-            except BaseException:
-                Path(temporary).unlink(missing_ok=True)
-                raise
-            directory = os.open(self._path.parent, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+            replace_privately(self._path, json.dumps(data, indent=1, sort_keys=True))
         except OSError as exc:
             raise ConfigurationError(
                 f"cannot write the acknowledged position to {self._path} ({exc.strerror or exc}): make its folder "

@@ -9,6 +9,7 @@ then. Anything the operator must change is a ConfigurationError naming the state
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +41,14 @@ class Prepared:
     created_publication: bool
 
 
-def prepare(conn: psycopg.Connection[Any], settings: PgOutputSource, tables: list[str], where: str) -> Prepared:
+# Creates the missing slot on the setup connection's server; the default runs pg_create_logical_replication_slot.
+SlotCreator = Callable[[psycopg.Connection[Any]], None]
+
+
+def prepare(conn: psycopg.Connection[Any], settings: PgOutputSource, tables: list[str], where: str, *,
+            create_slot: SlotCreator | None = None) -> Prepared:
+    """`create_slot` creates the slot if it is missing (and source.create_slot allows): the initial snapshot's
+    creator exports a snapshot as it does (snapshot_slot.py)."""
     wal_level = conn.execute("SHOW wal_level").fetchone()[0]  # type: ignore[index]
     if wal_level != "logical":
         raise ConfigurationError(
@@ -48,7 +56,7 @@ def prepare(conn: psycopg.Connection[Any], settings: PgOutputSource, tables: lis
             "wal_level = logical: run ALTER SYSTEM SET wal_level = logical and restart PostgreSQL")
     _require_tables(conn, settings, tables, where)
     created_publication = _ensure_publication(conn, settings, tables, where)
-    created_slot = _ensure_slot(conn, settings, where)
+    created_slot = _ensure_slot(conn, settings, where, create_slot)
     row = conn.execute(SLOT_SQL, (settings.slot_name,)).fetchone()
     assert row is not None, "a slot just created or found to exist"
     return Prepared(
@@ -113,7 +121,8 @@ def publication_mismatch(conn: psycopg.Connection[Any], name: str, schema: str, 
             f"{sorted(present - wanted) or 'none'}. Fix: {alter.as_string(conn)}")
 
 
-def _ensure_slot(conn: psycopg.Connection[Any], settings: PgOutputSource, where: str) -> bool:
+def _ensure_slot(conn: psycopg.Connection[Any], settings: PgOutputSource, where: str,
+                 create_slot: SlotCreator | None) -> bool:
     name = settings.slot_name
     created = False
     row = conn.execute(SLOT_SQL, (name,)).fetchone()
@@ -123,9 +132,12 @@ def _ensure_slot(conn: psycopg.Connection[Any], settings: PgOutputSource, where:
                 f"replication slot {name!r} does not exist on {where} and source.create_slot is false: "
                 f"create it with SELECT pg_create_logical_replication_slot('{name}', 'pgoutput')")
         try:
-            conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (name,))
+            if create_slot is not None:
+                create_slot(conn)
+            else:
+                conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (name,))
+                log.info("replication slot created", extra={"slot": name})
             created = True
-            log.info("replication slot created", extra={"slot": name})
         except psycopg.errors.DuplicateObject:
             pass  # another instance created it meanwhile
         except psycopg.errors.InsufficientPrivilege as exc:

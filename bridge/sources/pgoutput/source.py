@@ -11,11 +11,14 @@ Two connections:
 Positions (progress.py). The slot's confirmed_flush_lsn moves only to the commit LSN of a transaction
 that, with every transaction before it, is done (all its events acknowledged by the sink) and committed
 by the pipeline, or to a keepalive's WAL end once everything received before that keepalive is; a crash
-replays at worst what was not yet acknowledged. Slots are never dropped. The position reported is also kept on local disk (acked.py): a
+replays at worst what was not yet acknowledged. The position reported is also kept on local disk (acked.py): a
 slot that a server restart moved back (before PostgreSQL 17 the slot's position is often not on disk)
 is resumed where this bridge acknowledged, and what the server would resend is not published twice. The
 prior-row store keeps history back to the slot's restart_lsn (`replay_floor`), so that even a replay
 nobody could skip translates as the first time.
+
+A slot this source creates comes with an exported snapshot, read first (initial_snapshot.py); the slot is
+streamed once all of it is acknowledged. Slots are never dropped, but for one whose snapshot never finished.
 
 Every way the connections can break (walsender terminated, server shut down or crashed, connection
 reset, no answer in time) is a ServiceUnavailable naming what broke: a new source resumes exactly.
@@ -40,9 +43,12 @@ from bridge.settings import PgOutputSource
 from bridge.sources.pgoutput.acked import AcknowledgedPositions
 from bridge.sources.pgoutput.changes import PgOutputAssembler, TransactionDecodeError
 from bridge.sources.pgoutput.drift import MappingContract, SchemaWatch
+from bridge.sources.pgoutput.initial_snapshot import InitialSnapshot
 from bridge.sources.pgoutput.progress import Progress
 from bridge.sources.pgoutput.protocol import Relation, lsn_text, parse_lsn, parse_message
 from bridge.sources.pgoutput.setup import Prepared, first_line, prepare
+from bridge.sources.pgoutput.snapshot_marker import marker_file
+from bridge.sources.pgoutput.snapshot_slot import plan_slot
 from bridge.sources.pgoutput.spill import SpillPolicy
 from bridge.sources.pgoutput.sqlconn import SqlConnection, SqlFailed
 from bridge.sources.pgoutput.stream import ReplicationStream, SlotInUse, SystemIdentity, connect_timeout
@@ -67,8 +73,6 @@ _SLOT_STATE_SQL = "SELECT restart_lsn::text FROM pg_replication_slots WHERE slot
 _HEARTBEAT_SQL = "SELECT pg_logical_emit_message(false, $1, '')"
 
 
-
-
 class PgOutputChangeSource:
     """Streams the pgoutput slot of the mapped tables; one SourceUnit per committed transaction.
 
@@ -76,14 +80,20 @@ class PgOutputChangeSource:
     Relation message no longer fits stops the rules reading the changed column (SourceUnit.stopped_rules).
     acknowledged_path: where the acknowledged position is kept across restarts (acked.py); None: nowhere.
     spill: hold a transaction larger than the policy allows on disk, not in memory (spill.py).
+    snapshot_marker: where the initial snapshot's marker is kept (snapshot_marker.py); needed for
+    source.snapshot: initial. `tables` are snapshot in the order given: parents first.
     """
 
     def __init__(self, settings: PgOutputSource, tables: Iterable[str], *, contract: MappingContract | None = None,
-                 acknowledged_path: Path | None = None, spill: SpillPolicy | None = None) -> None:
+                 acknowledged_path: Path | None = None, spill: SpillPolicy | None = None,
+                 snapshot_marker: Path | None = None) -> None:
         self._settings = settings
-        self._tables = sorted(set(tables))
+        self._snapshot_order = list(dict.fromkeys(tables))
+        self._tables = sorted(self._snapshot_order)
         if not self._tables:
             raise ConfigurationError("the pgoutput source needs at least one mapped table to publish")
+        self._marker_file = marker_file(settings.snapshot, snapshot_marker)
+        self._snapshot: InitialSnapshot | None = None  # the first phase, while it lasts: no stream meanwhile
         self._where = redacted_dsn(settings.dsn)
         self._progress = Progress(0)
         self._stream: ReplicationStream | None = None
@@ -102,7 +112,9 @@ class PgOutputChangeSource:
                                                 spill=spill)
             self._sql = SqlConnection(settings.dsn, where=self._where, application_name="cdc-bridge",
                                       connect_timeout_s=settings.connect_timeout_s)
-            self._start_stream(prepared.confirmed_flush_lsn)
+            self._confirmed_flush = prepared.confirmed_flush_lsn
+            if self._snapshot is None:
+                self._start_stream(prepared.confirmed_flush_lsn)
         except BaseException:
             self.close()
             raise
@@ -114,7 +126,7 @@ class PgOutputChangeSource:
     # --- setup -------------------------------------------------------------------------------------
 
     def _prepare(self) -> Prepared:
-        """Publication, slot and catalog, on a connection of its own closed right after."""
+        """Publication, slot (and snapshot) and catalog, on a connection of its own closed right after."""
         try:
             conn = psycopg.connect(self._settings.dsn, autocommit=True, application_name="cdc-bridge-setup",
                                    connect_timeout=connect_timeout(self._settings.connect_timeout_s))
@@ -122,7 +134,10 @@ class PgOutputChangeSource:
             # A wrong database, user or password is a setting to fix, anything else an outage to wait for.
             raise connect_error(exc, where=self._where, setting="source.dsn") from exc
         try:
-            return prepare(conn, self._settings, self._tables, self._where)
+            slot = plan_slot(conn, self._settings, self._snapshot_order, self._marker_file, self._where)
+            prepared = prepare(conn, self._settings, self._tables, self._where, create_slot=slot)
+            self._snapshot = InitialSnapshot.begin(slot, self._snapshot_order, self._settings, self._where)
+            return prepared
         except psycopg.OperationalError as exc:
             raise ServiceUnavailable(
                 f"the legacy PostgreSQL at {self._where} went away while the source was set up: {first_line(exc)}"
@@ -171,7 +186,9 @@ class PgOutputChangeSource:
     # --- ChangeSource ------------------------------------------------------------------------------
 
     def poll(self, timeout_s: float) -> list[SourceUnit]:
-        """Read what the server has sent, waiting up to `timeout_s` for the first message."""
+        """Read what the server has sent, waiting up to `timeout_s` for the first message (or snapshot batches)."""
+        if self._snapshot is not None:
+            return self._snapshot.poll(timeout_s)
         started = time.monotonic()
         deadline = started + timeout_s
         units: list[SourceUnit] = []
@@ -261,14 +278,26 @@ class PgOutputChangeSource:
         return stopped
 
     def done(self, unit: SourceUnit) -> None:
-        self._progress.done(unit.handle)
+        if self._snapshot is not None and self._snapshot.owns(unit):
+            self._snapshot.done(unit)
+        else:
+            self._progress.done(unit.handle)
 
     def pending(self) -> int:
-        """Transactions handed out and not yet done, plus one while a transaction is half received."""
+        """Transactions handed out and not yet done, plus one while a transaction is half received (or the
+        snapshot lasts)."""
+        if self._snapshot is not None:
+            return self._snapshot.pending
         return self._progress.not_done + int(self._assembler.in_transaction)
 
     def commit(self) -> SourcePosition | None:
-        """Report the newest position whose transaction and all before it are done; return its position."""
+        """Report the newest position whose transaction and all before it are done; return its position. During
+        the initial snapshot, report nothing; once all of it is done (and the prior rows durable), stream."""
+        if self._snapshot is not None:
+            if self._snapshot.commit():
+                self._snapshot = None
+                self._start_stream(self._confirmed_flush)
+            return None
         self._progress.advance()
         self._send_status()
         return self._progress.last_safe
@@ -280,6 +309,8 @@ class PgOutputChangeSource:
 
     def close(self) -> None:
         """Report what is done, then close both connections. The slot stays: it is the bridge's position."""
+        if self._snapshot is not None:
+            self._snapshot.close()
         if self._stream is not None:
             try:
                 if not self._stream.closed:
@@ -320,8 +351,9 @@ class PgOutputChangeSource:
         """While the pipeline works through one large transaction: report the acknowledged position every
         status_interval_s. The server ends a stream that sends nothing for wal_sender_timeout, and counts any
         status message as the reply its keepalives ask for, so this suffices; messages it sends meanwhile
-        wait in the socket (it sends no more than the socket takes) and are read at the next poll."""
-        if time.monotonic() - self._last_status >= self._settings.status_interval_s:
+        wait in the socket (it sends no more than the socket takes) and are read at the next poll. During the
+        initial snapshot there is no stream to keep alive (wal_sender_timeout applies to streaming only)."""
+        if self._stream is not None and time.monotonic() - self._last_status >= self._settings.status_interval_s:
             self._send_status()
 
     def _keep_alive(self) -> None:
