@@ -36,7 +36,7 @@ from bridge.mapping.compiled import CompiledMappings
 from bridge.mapping.loader import load_mappings
 from bridge.pipeline import Pipeline, PipelineStats
 from bridge.ports import EventSink, SourceUnit
-from bridge.redact import redacted_dsn
+from bridge.redact import dsn_problem, redacted_dsn
 from bridge.settings import KafkaSink, Settings
 from bridge.snapshot import SnapshotReader, TableShape, export_snapshot
 from bridge.snapshot_scan import SnapshotBatch, SnapshotScan, TableProgress
@@ -237,6 +237,8 @@ def default_runs_dir(settings: Settings) -> Path:
 
 def _dsn(settings: Settings, options: BackfillOptions) -> str:
     if options.dsn:
+        if problem := dsn_problem(options.dsn):  # libpq's own message would quote it, password and all
+            raise ConfigurationError(f"--dsn: {problem}")
         return options.dsn
     dsn = getattr(settings.source, "dsn", None)
     if not dsn:

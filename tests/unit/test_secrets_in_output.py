@@ -127,6 +127,13 @@ CASES: list[Case] = [
     Case(("check",), ["--config", "{config}", "--json"], label="sink.bootstrap_servers url",
          config=_run_config(_pgoutput(DSNS["url"]), f"{{kind: kafka, bootstrap_servers: '{BOOTSTRAPS['url']}', "
                                                     "bootstrap_timeout_s: 1}")),
+    # backfill: the source's DSN, or its own --dsn / BRIDGE_BACKFILL_DSN
+    *[Case(("backfill",), ["--config", "{config}"], config=_run_config(_pgoutput(dsn)), label=f"source.dsn {kind}")
+      for kind, dsn in DSNS.items()],
+    *[Case(("backfill",), ["--config", "{config}", "--dsn", dsn], config=_run_config("{kind: debezium}"),
+           label=f"--dsn {kind}") for kind, dsn in DSNS.items()],
+    Case(("backfill",), ["--config", "{config}", "--dry-run"], env={"BRIDGE_BACKFILL_DSN": DSNS["url"]},
+         config=_run_config("{kind: debezium}"), label="BRIDGE_BACKFILL_DSN url"),
     # commands without a DSN: the secrets in the environment stay unprinted when they fail
     Case(("mappings", "validate"), ["{work}/missing.yaml"], env=dict(BACKGROUND_ENV), label="missing file"),
     Case(("mappings", "test"), ["{work}/missing.yaml"], env=dict(BACKGROUND_ENV), label="missing file"),
