@@ -82,6 +82,7 @@ TABLES = ("customers", "customer_addresses", "menu_items", "orders", "order_item
 MENU_ITEMS = 400
 ROWS_PER_CUSTOMER = 10.5  # 1 customer + 1.5 addresses + 2 orders + 6 order lines
 REFERENCE = REPO / "bench" / "_copy_reference.py"
+SCAN_CHILD = REPO / "bench" / "_scan_child.py"
 DEFAULT_BRIDGE = f"current={sys.executable} -m bridge.cli"
 CHILD_TIMEOUT_S = 3 * 3600
 
@@ -254,8 +255,10 @@ def run_backfill(command: list[str], config: Path, to: str, runs_dir: Path, batc
             "--batch-size", str(batch_size)]
     timed = wrapper is None
     started = time.monotonic()
+    # In the run's own folder: run from the checkout, `python -m` would put it first on sys.path, ahead of a
+    # build's PYTHONPATH.
     done = subprocess.run(["/usr/bin/time", "-v", *argv] if timed else [*wrapper, *argv], capture_output=True,
-                          text=True, timeout=CHILD_TIMEOUT_S, env=env)
+                          text=True, timeout=CHILD_TIMEOUT_S, env=env, cwd=config.parent)
     wall = time.monotonic() - started
     if done.returncode != 0:
         raise RuntimeError(f"the backfill exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -274,7 +277,23 @@ def run_backfill(command: list[str], config: Path, to: str, runs_dir: Path, batc
         if peak is None:
             raise RuntimeError(f"no peak RSS in /usr/bin/time's output: {done.stderr[-2000:]}")
         result["peak_rss_mb"] = round(int(peak.group(1)) / 1024, 1)
+        result["cpu_seconds"] = sum(float(m) for m in re.findall(r"(?:User|System) time \(seconds\): ([0-9.]+)",
+                                                                  done.stderr))
     return result
+
+
+def run_scan(command: list[str], env: dict[str, str] | None, dsn: str, batch_size: int, cwd: Path) -> dict[str, Any]:
+    """The read side alone (bench/_scan_child.py) with a build's Python and bridge package."""
+    python = command[0] if command[1:3] == ["-m", "bridge.cli"] else sys.executable
+    started = time.monotonic()
+    done = subprocess.run([python, str(SCAN_CHILD), dsn, str(batch_size), *TABLES], capture_output=True, text=True,
+                          timeout=CHILD_TIMEOUT_S, env=env, cwd=cwd)
+    wall = time.monotonic() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"the scan child failed (exit {done.returncode}): {done.stderr[-2000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"wall_seconds": wall, "seconds": result["seconds"], "rows": result["rows"],
+            "cpu_seconds": result["cpu_seconds"], "peak_rss_mb": round(result["max_rss_mb"], 1)}
 
 
 def check_run(kind: str, result: dict[str, Any], data: dict[str, Any]) -> None:
@@ -345,6 +364,14 @@ def parse_builds(values: list[str]) -> list[tuple[str, list[str], dict[str, str]
     return builds
 
 
+def bridge_location(command: list[str], env: dict[str, str] | None, cwd: Path) -> str:
+    """Where a build's `bridge` package comes from (a check that --bridge runs what it says)."""
+    python = command[0] if command[1:3] == ["-m", "bridge.cli"] else sys.executable
+    done = subprocess.run([python, "-c", "import bridge; print(bridge.__file__)"], capture_output=True, text=True,
+                          env=env, cwd=cwd)
+    return done.stdout.strip() or done.stderr.strip()[-300:]
+
+
 def bench_size(args: argparse.Namespace, stack: dict[str, Any], rows: int, scratch: Path) -> dict[str, Any]:
     name = f"bench_backfill_{rows}_{uuid.uuid4().hex[:6]}"
     admin = stack["postgres"]["admin_dsn"]
@@ -356,6 +383,9 @@ def bench_size(args: argparse.Namespace, stack: dict[str, Any], rows: int, scrat
         warm = run_reference(dsn)  # warms the caches; not counted
         check_run("the warm-up COPY", warm, data)
         builds = parse_builds(args.bridge)
+        scratch.mkdir(parents=True, exist_ok=True)
+        for label, command, env in builds:
+            print(f"build {label}: {shlex.join(command)}, bridge from {bridge_location(command, env, scratch)}", flush=True)
         runs: dict[str, list[dict[str, Any]]] = {"copy": []}
         digests: dict[str, set[str]] = {}
         for run in range(args.runs):
@@ -366,6 +396,13 @@ def bench_size(args: argparse.Namespace, stack: dict[str, Any], rows: int, scrat
                   f"{data['rows'] / result['wall_seconds']:9.0f} rows/s  peak RSS {result['peak_rss_mb']:5.0f} MB",
                   flush=True)
             for label, command, env in builds:
+                if args.scan:
+                    result = run_scan(command, env, dsn, args.batch_size, scratch)
+                    if result["rows"] != data["rows"]:
+                        raise RuntimeError(f"scan-{label} read {result['rows']} of {data['rows']} rows")
+                    runs.setdefault(f"scan-{label}", []).append(result)
+                    print(f"size {rows} run {run + 1} {'scan-' + label:<18} {result['seconds']:7.2f} s "
+                          f"{data['rows'] / result['seconds']:9.0f} rows/s  cpu {result['cpu_seconds']:6.2f} s", flush=True)
                 for target in (["log", "kafka"] if args.sink == "kafka" else ["log"]):
                     kind = f"backfill-{label}" + ("-kafka" if target == "kafka" else "")
                     work = scratch / f"{rows}-r{run}-{kind}"
@@ -456,6 +493,8 @@ def summarize(runs: dict[str, list[dict[str, Any]]], data: dict[str, Any]) -> di
         summary[kind] = {"wall_seconds": round(wall, 2), "own_seconds": round(own, 2),
                          "rows_per_s": round(data["rows"] / wall), "rows_per_s_own": round(data["rows"] / own),
                          "peak_rss_mb": max(r["peak_rss_mb"] for r in results)}
+        if "cpu_seconds" in results[0]:
+            summary[kind]["cpu_seconds"] = round(statistics.median(r["cpu_seconds"] for r in results), 2)
         if "events" in results[0]:
             summary[kind]["events"] = results[0]["events"]
             summary[kind]["events_per_s"] = round(results[0]["events"] / wall)
@@ -484,6 +523,8 @@ def main() -> int:
                         help=f"a build to run, as the command for `python -m bridge.cli` (repeatable; default "
                              f"{DEFAULT_BRIDGE.partition('=')[0]}: this checkout); `env VAR=VALUE ... python -m "
                              "bridge.cli` sets variables, e.g. PYTHONPATH to another tree")
+    parser.add_argument("--scan", action="store_true",
+                        help="also time each build's read side alone (bench/_scan_child.py: pages, decoding, units)")
     parser.add_argument("--check-identical", action="store_true",
                         help="read every log back: all runs and builds must give the same records")
     parser.add_argument("--profile", action="store_true", help="one more run per size and build under cProfile")
