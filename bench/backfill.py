@@ -3,8 +3,8 @@
     .venv/bin/python bench/backfill.py --rows 250000,1000000 --runs 3         # local event log
     .venv/bin/python bench/backfill.py --rows 250000 --sink kafka              # also --to topics (Kafka)
     .venv/bin/python bench/backfill.py --rows 1000000 --runs 1 --profile       # + one cProfile'd run
-    .venv/bin/python bench/backfill.py --rows 1000000 --bridge "base=env PYTHONPATH=/tmp/base python -m bridge.cli" \\
-        --bridge current --check-identical                                    # A/B of two builds, same run
+    .venv/bin/python bench/backfill.py --rows 250000 --runs 5 --scan --check-identical \\
+        --bridge "base=env PYTHONPATH=.state/ab-base .venv/bin/python -m bridge.cli" --bridge current   # A/B, same run
 
 It starts its own PostgreSQL (deploy/local/stack.py, and Kafka for --sink kafka) under
 .state/bench-backfill-<id> and removes it at the end, or uses a running stack (--state DIR).
@@ -31,8 +31,11 @@ Runs. For each size and each of --runs, sequentially (nothing else of the benchm
             values decoded, translated, appended and fsynced to a fresh local event log, a manifest.
   kafka     (--sink kafka) the same with `--to topics:.b<tag>` (fresh topics per run); the records on
             Kafka are counted and must equal the events plus dead letters.
+  scan      (--scan) the read side alone, per build: bench/_scan_child.py drives a SnapshotScan as
+            BackfillSource does (pages, decoding, RowChanges, acknowledgements), translating nothing.
 Each bridge build given with --bridge LABEL=COMMAND runs once per run, in the order given (an A/B of two
-builds in the same run: same data, same machine moment). --check-identical reads every log back and
+builds in the same run: same data, same machine moment); builds run in a scratch folder, so that
+`env PYTHONPATH=TREE python -m bridge.cli` imports TREE's bridge package (each build prints where from). --check-identical reads every log back and
 compares a digest of all records (ids, sequences, headers, keys, values, in log order) across builds
 and runs, with the four things that differ per run by design replaced by placeholders: the run id
 (ce_backfill), the cut (ce_backfillcut, and the cut's 16 hex digits that start every ce_sequence) and
@@ -359,7 +362,10 @@ def parse_builds(values: list[str]) -> list[tuple[str, list[str], dict[str, str]
             argv = argv[1:]
             while argv and "=" in argv[0]:
                 name, _, setting = argv.pop(0).partition("=")
-                env[name] = setting
+                env[name] = setting if name != "PYTHONPATH" else os.pathsep.join(
+                    os.path.abspath(entry) for entry in setting.split(os.pathsep))
+        if argv and os.sep in argv[0]:
+            argv[0] = os.path.abspath(argv[0])  # builds run in a scratch folder
         builds.append((label, argv, env))
     return builds
 
