@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -93,6 +93,13 @@ class TableShape:
     decoders: tuple[Callable[[str], Any] | None, ...]
     key: tuple[str, ...]
     key_types: tuple[str, ...]  # format_type of each key column, for the keyset comparison's casts
+    # (index, column, decoder) of the columns whose text is not already the value: what decode_row calls
+    converters: tuple[tuple[int, str, Callable[[str], Any]], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "converters", tuple(
+            (index, name, decode) for index, (name, decode) in enumerate(zip(self.columns, self.decoders, strict=True))
+            if decode is not None))
 
     @property
     def qualified(self) -> str:
@@ -202,17 +209,33 @@ class SnapshotReader:
 
 
 def decode_row(shape: TableShape, values: tuple[str | None, ...]) -> dict[str, Any]:
-    """A COPY row as {column: exact value}; a value that cannot be decoded is a DecodeError naming the column."""
-    row: dict[str, Any] = {}
-    for name, decode, text in zip(shape.columns, shape.decoders, values, strict=True):
-        if text is None or decode is None:
-            row[name] = text
+    """A COPY row as {column: exact value}; a value that cannot be decoded is a DecodeError naming the column.
+
+    The text of text-like columns is the value: only the others are decoded (as the pgoutput decoder does,
+    RelationPlan.row), and a failure is looked for again, column by column, off the hot path."""
+    if len(values) != len(shape.columns):
+        raise ValueError(f"{shape.qualified}: a COPY row of {len(values)} values for {len(shape.columns)} columns")
+    row = dict(zip(shape.columns, values))
+    try:
+        for index, name, decode in shape.converters:
+            text = values[index]
+            if text is not None:
+                row[name] = decode(text)
+    except Exception:  # noqa: BLE001 (any decoder's failure: name the column)
+        _raise_for(shape, values)
+    return row
+
+
+def _raise_for(shape: TableShape, values: tuple[str | None, ...]) -> None:
+    for index, name, decode in shape.converters:
+        text = values[index]
+        if text is None:
             continue
         try:
-            row[name] = decode(text)
+            decode(text)
         except Exception as exc:  # noqa: BLE001 (any decoder's failure names the column)
             raise DecodeError(f"{shape.qualified}.{name}: cannot decode {text[:80]!r}: {exc}") from exc
-    return row
+    raise AssertionError("a decoder failed once but not twice")
 
 
 __all__ = ["ExportedSnapshot", "SnapshotReader", "TableShape", "decode_row", "export_snapshot"]

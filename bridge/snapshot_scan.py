@@ -125,12 +125,15 @@ class SnapshotScan:
     def _unit(self, shape: TableShape, raw: list[tuple[str | None, ...]], batch: SnapshotBatch, *, first_row: int,
               table_number: int) -> SourceUnit:
         changes: list[RowChange] = []
+        append = changes.append
         undecodable: list[UndecodableRow] = []
         key_indexes = shape.key_indexes()
         commit_time, cut = self.reader.started_at, self.mark.cut_lsn
         base = (table_number << _ROW_BITS) + first_row
+        schema, table, key_columns = shape.schema, shape.table, shape.key
+        single_key = key_columns[0] if len(key_columns) == 1 else None
+        source_ref = f"snapshot {self.mark.label} {table}"
         for number, values in enumerate(raw, start=1):
-            position = SourcePosition(cut, base + number, 0)
             try:
                 row = decode_row(shape, values)
             except DecodeError as exc:
@@ -140,10 +143,9 @@ class SnapshotScan:
                     raw={"source": "snapshot", "table": shape.qualified, "key": key_text, "cut": self.mark.cut_text,
                          "row": dict(zip(shape.columns, values, strict=True))}))
                 continue
-            changes.append(RowChange(
-                op=Op.READ, schema=shape.schema, table=shape.table, key={k: row[k] for k in shape.key}, before=None,
-                after=row, position=position, commit_time=commit_time, xid=None,
-                source_ref=f"snapshot {self.mark.label} {shape.table}"))
+            key = {single_key: row[single_key]} if single_key is not None else {k: row[k] for k in key_columns}
+            append(RowChange(Op.READ, schema, table, key, None, row, SourcePosition(cut, base + number, 0),
+                             commit_time, None, source_ref=source_ref))
         self.progress[shape.table].read += len(raw)
         transaction = Transaction(None, cut, commit_time, tuple(changes), self.mark)
         return SourceUnit(transaction, batch, dead_lettered=tuple(undecodable))
