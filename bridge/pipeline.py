@@ -214,9 +214,11 @@ class Pipeline:
         self._in_flight += deliveries
         self.stats.events += len(result.events)
         self.stats.dead_letters += len(letters)
+        debugging = log.isEnabledFor(logging.DEBUG)  # the line's fields cost 2% of a backfill even when unused
         for event in result.events:
-            log.debug("event", extra={"event_id": event.id, "type": event.type, "rule": event.rule_id,
-                                      "position": str(event.position)})
+            if debugging:
+                log.debug("event", extra={"event_id": event.id, "type": event.type, "rule": event.rule_id,
+                                          "position": str(event.position)})
             self.sink.publish(event, self._callback(unit_id, event))
         for record, key in letters:
             self._publish_letter(unit_id, _Letter(record, key))
