@@ -79,7 +79,8 @@ sys.path.insert(0, str(REPO))
 import psycopg  # noqa: E402
 import yaml  # noqa: E402
 
-from legacy_db.migrate import apply_migrations  # noqa: E402
+from tests.support.databases import create_legacy_database, drop_database  # noqa: E402
+from tests.support.local_stack import run_stack  # noqa: E402
 
 TABLES = ("customers", "customer_addresses", "menu_items", "orders", "order_items")  # the backfill's order
 MENU_ITEMS = 400
@@ -181,33 +182,6 @@ SELECT (SELECT count(*) + count(*) FILTER (WHERE is_deleted) FROM customers)
 
 
 # --- the stack and the data ---------------------------------------------------------------------------
-
-
-def run_stack(state: Path, *args: str, check: bool = True) -> None:
-    done = subprocess.run([sys.executable, str(REPO / "deploy/local/stack.py"), "--state", str(state), *args],
-                          capture_output=True, text=True)
-    if check and done.returncode != 0:
-        raise RuntimeError(f"stack.py {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
-
-
-def create_database(admin_dsn: str, name: str) -> str:
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    dsn = admin_dsn.rsplit("/", 1)[0] + "/" + name
-    apply_migrations(dsn)
-    return dsn
-
-
-def drop_database(admin_dsn: str, name: str) -> None:
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        for slot, pid in conn.execute("SELECT slot_name, active_pid FROM pg_replication_slots WHERE database = %s",
-                                      (name,)).fetchall():
-            if pid is not None:
-                conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
-            else:
-                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def seed(dsn: str, rows: int) -> dict[str, Any]:
@@ -381,7 +355,7 @@ def bridge_location(command: list[str], env: dict[str, str] | None, cwd: Path) -
 def bench_size(args: argparse.Namespace, stack: dict[str, Any], rows: int, scratch: Path) -> dict[str, Any]:
     name = f"bench_backfill_{rows}_{uuid.uuid4().hex[:6]}"
     admin = stack["postgres"]["admin_dsn"]
-    dsn = create_database(admin, name)
+    dsn = create_legacy_database(admin, name)  # the name is unique to this size and run
     try:
         data = seed(dsn, rows)
         print(f"seeded {data['rows']} rows ({data['tables']}; {data['expected_events']} events expected) in "
