@@ -24,7 +24,8 @@ import shutil
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,43 +96,28 @@ class BackfillInterrupted(BridgeError):
 class BackfillSource:
     """The snapshot scan as the pipeline's ChangeSource: a batch per poll (at most `rate` rows/s); `finished` (the
     pipeline's stop) is set once every row was handed out, so the pipeline drains and stops; each checkpoint
-    saves the tables' acknowledged progress. From the first poll until every row was handed out (or close, or a
-    failed read), the collector's first threshold is SCAN_GC_THRESHOLD; a run stopped before that keeps it."""
+    saves the tables' acknowledged progress."""
 
     def __init__(self, scan: SnapshotScan, state: RunState | None, finished: threading.Event,
                  rate: float | None) -> None:
         self._scan, self._state, self._finished, self._rate = scan, state, finished, rate
         self._started = time.monotonic()
         self._rows = 0
-        self._gc_threshold: tuple[int, int, int] | None = None  # the collector's thresholds before the scan
 
     def poll(self, timeout_s: float) -> list[SourceUnit]:
-        if self._gc_threshold is None and not self._finished.is_set():
-            self._gc_threshold = gc.get_threshold()
-            gc.set_threshold(max(SCAN_GC_THRESHOLD, self._gc_threshold[0]), *self._gc_threshold[1:])
         if self._rate is not None:
             wait = self._started + self._rows / self._rate - time.monotonic()
             if wait > 0:
                 time.sleep(min(wait, timeout_s))
                 if wait > timeout_s:
                     return []
-        try:
-            unit = self._scan.next_unit()
-        except BaseException:
-            self._restore_gc()
-            raise
+        unit = self._scan.next_unit()
         if unit is None:
-            self._restore_gc()
             self._finished.set()
             return []
         handle: SnapshotBatch = unit.handle
         self._rows += handle.rows
         return [unit]
-
-    def _restore_gc(self) -> None:
-        if self._gc_threshold is not None:
-            gc.set_threshold(*self._gc_threshold)
-            self._gc_threshold = None
 
     def done(self, unit: SourceUnit) -> None:
         self._scan.done(unit)
@@ -148,7 +134,18 @@ class BackfillSource:
         pass
 
     def close(self) -> None:
-        self._restore_gc()
+        pass
+
+
+@contextmanager
+def _fewer_collections() -> Iterator[None]:
+    """The collector's first threshold at SCAN_GC_THRESHOLD while the pipeline runs, restored however it ends."""
+    before = gc.get_threshold()
+    gc.set_threshold(max(SCAN_GC_THRESHOLD, before[0]), *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
 
 
 def run_backfill(settings: Settings, options: BackfillOptions, *, stop: threading.Event | None = None,
@@ -175,8 +172,8 @@ def run_backfill(settings: Settings, options: BackfillOptions, *, stop: threadin
                 state.progress.setdefault(name, TableProgress(name)).total = total
             mark = SnapshotMark(state.run_id, cut)
             state.cuts.append({"cut": lsn_text(cut), "cut_lsn": cut, "snapshot_taken_at": reader.started_at.isoformat(),
-                               "from": {s.table: state.progress[s.table].after if s.table in state.progress else None
-                                        for s in shapes if not (state.progress.get(s.table) or TableProgress("")).done}})
+                               "from": {s.table: state.progress[s.table].after for s in shapes
+                                        if not state.progress[s.table].done}})
             sink_settings = target.sink_settings(settings, state.run_dir)
             sink = CountingSink(DryRunSink() if options.dry_run else _open_target(sink_settings, mappings),
                                 sink_settings)
@@ -197,7 +194,8 @@ def run_backfill(settings: Settings, options: BackfillOptions, *, stop: threadin
                 if display is not None:
                     display.start(state.progress, shapes, stats)
                 try:
-                    pipeline.run(stop)  # set by a signal, or by the source once every row was handed out
+                    with _fewer_collections():
+                        pipeline.run(stop)  # set by a signal, or by the source once every row was handed out
                 except BridgeError as exc:
                     if options.dry_run:
                         raise
