@@ -75,9 +75,11 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 import psycopg  # noqa: E402
 import yaml  # noqa: E402
+from _finish import finish  # noqa: E402
 
 from tests.support.databases import create_legacy_database, drop_database  # noqa: E402
 from tests.support.local_stack import run_stack  # noqa: E402
@@ -530,14 +532,7 @@ def main() -> int:
             output["sizes"][rows] = bench_size(args, stack, rows, scratch)
             print(json.dumps(output["sizes"][rows]["summary"], indent=2), flush=True)
     finally:
-        path = args.results / f"backfill-{time.strftime('%Y%m%dT%H%M%S')}.json"
-        path.write_text(json.dumps(output, indent=2, default=str))
-        print(f"results: {path}", flush=True)
-        if own_stack:
-            run_stack(state, "down", "--purge", check=False)
-            shutil.rmtree(state, ignore_errors=True)
-        else:
-            shutil.rmtree(scratch, ignore_errors=True)
+        finish(args.results, "backfill", output, state, scratch, own_stack=own_stack)
     return 0
 
 

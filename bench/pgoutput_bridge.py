@@ -59,7 +59,6 @@ import argparse
 import importlib.util
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -77,6 +76,7 @@ sys.path.insert(0, str(REPO / "deploy" / "local"))
 
 import connectors
 import psycopg
+from _finish import finish
 from debezium_bridge import _end_offset_sum
 
 from bridge.mapping.loader import load_mappings
@@ -517,14 +517,7 @@ def main() -> int:
             output["memory"] = memory(stack, args, scratch)
             print(json.dumps(output["memory"]["summary"], indent=2), flush=True)
     finally:
-        path = args.results / f"pgoutput_bridge-{time.strftime('%Y%m%dT%H%M%S')}.json"
-        path.write_text(json.dumps(output, indent=2, default=str))
-        print(f"results: {path}", flush=True)
-        if own_stack:
-            run_stack(state, "down", "--purge", check=False)
-            shutil.rmtree(state, ignore_errors=True)
-        else:
-            shutil.rmtree(scratch, ignore_errors=True)
+        finish(args.results, "pgoutput_bridge", output, state, scratch, own_stack=own_stack)
     return 0
 
 
