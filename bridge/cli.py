@@ -18,6 +18,7 @@ import click
 
 from bridge import __version__
 from bridge.errors import BridgeError, ConfigurationError, ServiceUnavailable
+from bridge.contracts.commands import contracts_group
 from bridge.mapping.commands import mappings_group
 from bridge.redact import dsn_problem, note_secrets_of_invocation, redacted_dsn, scrub
 from bridge.backfill_command import backfill_command
@@ -90,6 +91,7 @@ def _attach_simulator() -> None:
 
 _attach_simulator()
 cli.add_command(mappings_group)
+cli.add_command(contracts_group)
 cli.add_command(check_command)
 cli.add_command(backfill_command)
 cli.add_command(tail_command)

@@ -3,11 +3,13 @@
     BridgeError                    anything the bridge reports on purpose; `retryable` says if waiting helps
     ├── ConfigurationError         settings, command-line input or the source setup are wrong: fix, then rerun
     │   ├── MappingError           a mapping file is wrong; names file, line, rule and field
+    │   ├── ContractError          a contract file is wrong, or a contract change would break consumers
     │   └── UnresolvableHost       a host name in the settings does not resolve (a typo, or a service not
     │                              there yet: waited for like an outage once the bridge has run)
     ├── ChangeError                one change cannot be handled; the pipeline dead-letters it or stops (policy)
     │   ├── DecodeError            a malformed or undecodable change event (names topic, offset, column)
     │   ├── TranslationError       a mapping rule failed on a change (names rule and field)
+    │   │   └── ContractViolation  an event does not obey its contract (names contract, field, reason)
     │   └── RecordTooLarge         an event or dead letter exceeds the sink's per-record maximum
     ├── DamagedFileError           a file the bridge keeps (the event log) is damaged: restore or repair it, rerun
     ├── DeliveryError              an event could not be published (after the producer's own retries);
@@ -44,6 +46,10 @@ class MappingError(ConfigurationError):
     """A mapping file does not load or does not fit the change stream."""
 
 
+class ContractError(ConfigurationError):
+    """A contract file does not load, or the contracts changed in a way that would break their consumers."""
+
+
 class UnresolvableHost(ConfigurationError):
     """A host name in the settings does not resolve: at start almost always a typo. The daemon waits for it
     instead once it has run (a service being replaced can drop out of DNS for a while)."""
@@ -59,6 +65,11 @@ class DecodeError(ChangeError):
 
 class TranslationError(ChangeError):
     """A mapping rule failed while translating a change (a failed expression, a missing value)."""
+
+
+class ContractViolation(TranslationError):
+    """An event a rule built does not obey its contract (a null in a required field, a value of the wrong
+    kind): it is never published; the rule's on_error policy dead-letters it or stops the bridge."""
 
 
 class DamagedFileError(BridgeError):

@@ -1,0 +1,105 @@
+"""A contract revision compiled into a closed, strict pydantic v2 model, and the check of one event against it.
+
+Closed: unknown fields are refused at every depth. Strict: a value must already be of its type (an integer
+is not a decimal, a string is not an integer, a naive timestamp is not a timestamp). Python payloads (what
+translate() builds: Decimal, aware datetime, ...) are validated in Python mode; published JSON (examples,
+golden cases) in JSON mode, where decimals and timestamps are strings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import date
+from decimal import Decimal
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from bridge.contracts.spec import FieldSpec, TypeSpec
+from bridge.errors import ContractViolation
+
+_SCALARS: dict[str, Any] = {
+    "string": str, "integer": int, "number": float, "decimal": Decimal, "boolean": bool,
+    "timestamp": AwareDatetime, "date": date, "uuid": UUID, "json": Any,
+}
+
+
+def fields_at(fields: Mapping[str, FieldSpec], revision: int) -> dict[str, FieldSpec]:
+    """The fields a revision has: those added at or before it."""
+    return {name: spec for name, spec in fields.items() if spec.since <= revision}
+
+
+def latest_revision(fields: Mapping[str, FieldSpec]) -> int:
+    """The highest `since` anywhere in the fields, nested ones included."""
+    latest = 0
+    for spec in fields.values():
+        latest = max(latest, spec.since, _nested_revision(spec))
+    return latest
+
+
+def _nested_revision(spec: TypeSpec) -> int:
+    if spec.fields is not None:
+        return latest_revision(spec.fields)
+    if spec.items is not None:
+        return _nested_revision(spec.items)
+    return 0
+
+
+def build_model(title: str, fields: Mapping[str, FieldSpec], revision: int, description: str | None = None) -> type[BaseModel]:
+    """The pydantic model of a payload (or nested object) at `revision`; nested models are titled after
+    their path (OrderPlacedV1Lines)."""
+    definitions: dict[str, Any] = {}
+    for index, (name, spec) in enumerate(fields_at(fields, revision).items()):
+        annotation = _annotation(spec, f"{title}{name[:1].upper()}{name[1:]}", revision)
+        extra = {} if not spec.optional else {"default": None}
+        # Python names are placeholders (a field may be called 'schema' or 'copy'): the alias is the name.
+        definitions[f"f{index}"] = (annotation, Field(alias=name, description=spec.description, **extra))
+    config = ConfigDict(extra="forbid", strict=True, title=title, populate_by_name=False,
+                        json_schema_extra={"description": description} if description else None)
+    return create_model(title, __config__=config, **definitions)
+
+
+def _annotation(spec: TypeSpec, title: str, revision: int) -> Any:
+    if spec.type == "enum":
+        annotation: Any = Literal[tuple(spec.values or ())]
+    elif spec.type == "list":
+        assert spec.items is not None
+        annotation = list[_annotation(spec.items, f"{title}Item", revision)]  # type: ignore[misc]
+    elif spec.type == "object":
+        assert spec.fields is not None
+        annotation = build_model(title, spec.fields, revision)
+    else:
+        annotation = _SCALARS[spec.type]
+    return annotation | None if spec.nullable else annotation
+
+
+def violation_text(exc: ValidationError) -> str:
+    """The first error of a validation as "field 'lines[0].price': reason (got ...)"; more are counted."""
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in first["loc"]).lstrip(".")
+    message = first["msg"]
+    if first["type"] == "missing":
+        message = "required, but the event does not have it"
+    elif first["type"] == "extra_forbidden":
+        message = "not in the contract (a closed contract refuses unknown fields)"
+    else:
+        value = first.get("input")
+        message += f" (got {type(value).__name__} {value!r})" if value is not None else " (got null)"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"field '{path}': {message}{more}" if path else f"{message}{more}"
+
+
+def payload_checker(model: type[BaseModel], event_type: str, dataschema: str) -> Callable[[Mapping[str, Any]], None]:
+    """A function that raises ContractViolation when a payload (Python values) does not obey `model`."""
+    validate = model.__pydantic_validator__.validate_python
+
+    def check(data: Mapping[str, Any]) -> None:
+        try:
+            validate(data)
+        except ValidationError as exc:
+            raise ContractViolation(f"event {event_type} does not obey its contract {dataschema}: "
+                                    f"{violation_text(exc)}") from None
+
+    return check
