@@ -156,7 +156,7 @@ def run_backfill(settings: Settings, options: BackfillOptions, *, stop: threadin
     or without a rule for existing rows, a target that cannot be written) is a ConfigurationError."""
     stop = stop or threading.Event()
     started = time.monotonic()
-    mappings = load_mappings(settings.mappings)
+    mappings = load_mappings(settings.mappings, retired=settings.retired_events)
     order, skipped = choose_tables(mappings, options.tables)
     dsn = _dsn(settings, options)
     where_text = redacted_dsn(dsn)

@@ -35,7 +35,7 @@ log = logging.getLogger("bridge.daemon")
 
 def preflight(settings: Settings):  # noqa: ANN201 (returns the compiled mappings)
     """Load the mappings and refuse to start when a rule cannot get what it needs."""
-    mappings = load_mappings(settings.mappings)
+    mappings = load_mappings(settings.mappings, retired=settings.retired_events)
     needing = mappings.needs_before()
     if needing and settings.state.path is None:
         lines = [f"table {settings.source.schema_name}.{table} (rules {', '.join(sorted(rules))})"

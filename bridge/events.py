@@ -43,10 +43,14 @@ class DomainEvent:
     rule_id: str
     position: SourcePosition
     snapshot: SnapshotMark | None = None  # set for events of snapshot reads from the initial snapshot or a backfill
+    # The exact contract revision the payload obeys (urn:cdc-bridge:contract:<type>:<major>.<revision>); None
+    # for events of mappings without contracts.
+    dataschema: str | None = None
 
     def headers(self) -> list[tuple[str, bytes]]:
         """CloudEvents binary-mode Kafka headers; events of a snapshot carry two extension attributes:
-        `backfill` (the run id, or "initial") and `backfillcut` (the snapshot's consistent point, an LSN)."""
+        `backfill` (the run id, or "initial") and `backfillcut` (the snapshot's consistent point, an LSN). The
+        major is in `ce_type`; the exact revision in `ce_dataschema`."""
         headers = [
             ("ce_specversion", SPEC_VERSION.encode()),
             ("ce_id", self.id.encode()),
@@ -57,6 +61,8 @@ class DomainEvent:
             ("ce_sequence", self.sequence.encode()),
             ("content-type", CONTENT_TYPE.encode()),
         ]
+        if self.dataschema is not None:
+            headers.append(("ce_dataschema", self.dataschema.encode()))
         if self.snapshot is not None:
             headers += [("ce_backfill", self.snapshot.label.encode()), ("ce_backfillcut", self.snapshot.cut_text.encode())]
         return headers

@@ -224,7 +224,7 @@ def check_command(ctx: click.Context, config_file: Path | None, as_json: bool) -
     from bridge.settings import load_settings
 
     settings = load_settings(config_file)
-    report = check(settings, load_mappings(settings.mappings))
+    report = check(settings, load_mappings(settings.mappings, retired=settings.retired_events))
     # Findings quote addresses as configured (a Kafka address may carry user:password): blank the secrets.
     click.echo(scrub(report.as_json() if as_json else report.as_text()))
     ctx.exit(report.exit_code)

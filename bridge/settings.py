@@ -208,6 +208,9 @@ class Settings(BaseSettings):
 
     source_id: str = Field("legacy-restaurant", description="names the legacy database in event ids and sources")
     mappings: list[Path] = Field(default_factory=lambda: [Path("mappings/restaurant.yaml")])
+    retired_events: list[str] = Field(
+        default_factory=list, description="event types with their major (restaurant.order.OrderPlaced.v1) no longer "
+        "published although a rule emits them: ends a dual-publishing window once consumers read the new major")
     source: SourceSettings = Field(default_factory=DebeziumSource)
     sink: SinkSettings = Field(default_factory=KafkaSink)
     state: StateSettings = Field(default_factory=StateSettings)

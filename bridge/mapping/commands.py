@@ -9,10 +9,14 @@ exit 1 when a case fails, 2 when a mapping or case file does not load.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from bridge.errors import MappingError
+
+if TYPE_CHECKING:
+    from bridge.mapping.compiled import CompiledRule
 
 DEFAULT_PATH = Path("mappings")
 
@@ -54,6 +58,16 @@ def validate(ctx: click.Context, paths: tuple[Path, ...]) -> None:
         ignoring = sum(rule.ignore for rule in rules)
         click.echo(f"{report.path}: ok: {len(rules)} rules ({ignoring} ignore), {len(tables)} tables "
                    f"({', '.join(tables)}), {len(events)} event types")
+        if report.contracts:
+            click.echo(f"  every emit fits its contract in {report.contracts}; events are checked against it before "
+                       "they are published")
+        else:
+            click.echo(f"  no contracts folder next to it ({Path(report.path).parent / 'contracts'}): its events are "
+                       "published unchecked (see the README's Contracts section)")
+        dual = _dual_published(rules)
+        for event, majors in dual.items():
+            click.echo(f"  dual publishing: {event} as v{' and v'.join(map(str, majors))} (a migration window; the "
+                       "retired_events setting ends it)")
         needing: dict[str, list[str]] = {}
         for rule in rules:
             if rule.reads_before:
@@ -63,6 +77,14 @@ def validate(ctx: click.Context, paths: tuple[Path, ...]) -> None:
                        f"(REPLICA IDENTITY FULL or the prior-row store)")
     if failed:
         ctx.exit(2)
+
+
+def _dual_published(rules: tuple[CompiledRule, ...]) -> dict[str, list[int]]:
+    """Event types (without major) that the rules publish in more than one major."""
+    majors: dict[str, set[int]] = {}
+    for emit in (e for rule in rules for e in rule.emits):
+        majors.setdefault(emit.type.rpartition(".v")[0], set()).add(emit.major)
+    return {event: sorted(found) for event, found in majors.items() if len(found) > 1}
 
 
 @mappings_group.command("test")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bridge.changes import Op
@@ -24,6 +24,7 @@ from bridge.mapping.closures import (
     must_be_list,
     publishable,
 )
+from bridge.contracts.registry import ContractRegistry
 from bridge.mapping.compiled import (
     CompiledEmit,
     CompiledField,
@@ -31,6 +32,7 @@ from bridge.mapping.compiled import (
     DeclaredTypes,
     Getter,
 )
+from bridge.mapping.contract_fit import RULE, emit_contract_problems
 from bridge.mapping.expr import ExprError, NameSpec, compile_expression, equality_probe
 from bridge.mapping.functions import FUNCTIONS
 from bridge.mapping.spec import (
@@ -55,6 +57,7 @@ class FileReport:
     tables: dict[str, dict[str, str]] = field(default_factory=dict)
     keys: dict[str, tuple[str, ...]] = field(default_factory=dict)
     schemas: dict[str, str] = field(default_factory=dict)
+    contracts: str | None = None  # the contracts folder its emits are checked against, if it has one
 
     @property
     def ok(self) -> bool:
@@ -64,9 +67,10 @@ class FileReport:
 # -- compiling one validated file -----------------------------------------------------------------------------
 
 def compile_file(doc: YamlDocument, spec: MappingFileSpec, known_schema: DeclaredTypes | None,
-                 report: FileReport, seen: dict[str, str]) -> None:
-    """Compile one validated file into ``report``; ``seen``: rule id -> where it is defined, across files."""
-    _Builder(doc, spec, known_schema, report, seen).run()
+                 report: FileReport, seen: dict[str, str], contracts: ContractRegistry | None = None) -> None:
+    """Compile one validated file into ``report``; ``seen``: rule id -> where it is defined, across files;
+    ``contracts``: the contracts every emit must fit (None: the file has no contracts folder)."""
+    _Builder(doc, spec, known_schema, report, seen, contracts).run()
 
 
 @dataclass
@@ -80,8 +84,8 @@ class _Builder:
     """Compiles one validated mapping file into CompiledRules, collecting problems instead of stopping."""
 
     def __init__(self, doc: YamlDocument, spec: MappingFileSpec, known_schema: DeclaredTypes | None,
-                 report: FileReport, seen: dict[str, str]) -> None:
-        self.doc, self.spec, self.report, self.seen = doc, spec, report, seen
+                 report: FileReport, seen: dict[str, str], contracts: ContractRegistry | None) -> None:
+        self.doc, self.spec, self.report, self.seen, self.contracts = doc, spec, report, seen, contracts
         self.known = None if known_schema is None else {
             name.rpartition(".")[2]: {c: _canonical_or_raw(t) for c, t in columns.items()}
             for name, columns in known_schema.items()}
@@ -197,6 +201,9 @@ class _Builder:
                 item_fields[name] = fields
         when = self.predicate(rule.when, base + ("when",), names, state)
         emits = [self.emit(base + ("emit", j), emit, names, item_fields, state) for j, emit in enumerate(rule.emit)]
+        if self.contracts is not None:
+            emits = [self.bind_contract(base + ("emit", j), spec, compiled, rule, table)
+                     for j, (spec, compiled) in enumerate(zip(rule.emit, emits))]
         for j, emit in enumerate(rule.emit):
             if emit.snapshot_time is not None and "r" not in rule.ops:
                 self.problem(base + ("emit", j, "snapshot_time"), "snapshot_time applies to snapshot reads only: add "
@@ -214,6 +221,19 @@ class _Builder:
             id=rule.id, origin=origin, namespace=self.spec.namespace, schema=schema, table=table, ops=ops,
             ignore=rule.ignore, on_error=rule.on_error or self.spec.on_error, when=when, lets=lets,
             emits=tuple(e for e in emits if e is not None), reads_before=reads_before, reads=frozenset(reads))
+
+    def bind_contract(self, path: tuple[Any, ...], spec: EmitSpec, emit: CompiledEmit | None, rule: RuleSpec,
+                      table: str) -> CompiledEmit | None:
+        """The emit checked against its contract (every misfit a problem), carrying the contract's run-time check."""
+        assert self.contracts is not None
+        event_type = f"{self.spec.namespace}.{spec.aggregate.type}.{spec.event}.v{spec.version}"
+        major, problems = emit_contract_problems(spec, event_type, self.contracts, columns=self.report.tables.get(table),
+                                                 tables=self.report.tables, lets=rule.let)
+        for where, message in problems:
+            self.problem(path[:2] + where[1:] if where[:1] == (RULE,) else path + where, message)
+        if emit is None or major is None:
+            return emit
+        return replace(emit, check=major.checker, dataschema=major.dataschema())
 
     def emit(self, path: tuple[Any, ...], emit: EmitSpec, names: dict[str, NameSpec],
              item_fields: Mapping[str, frozenset[str]], state: _RuleState) -> CompiledEmit | None:

@@ -58,6 +58,9 @@ class CompiledEmit:
     when: Getter | None = None
     each: Getter | None = None
     snapshot_time: Getter | None = None  # guarded: an aware datetime or None; evaluated for snapshot reads only
+    # The contract the payload must obey: raises ContractViolation (None: the mapping has no contracts).
+    check: Callable[[Mapping[str, Any]], None] | None = None
+    dataschema: str | None = None  # the contract revision, published as ce_dataschema
 
 
 def reads_column(reads: frozenset[tuple[str, str]], table: str, column: str) -> bool:

@@ -27,6 +27,7 @@ timestamptz -> aware datetime, ...); ``!unknown`` is an unchanged TOAST value.
 from __future__ import annotations
 
 import difflib
+import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bridge.changes import UNKNOWN, Op, RowChange, SourcePosition, Transaction
+from bridge.contracts.models import violation_text
+from bridge.contracts.registry import contracts_folder_of, load_contracts
 from bridge.errors import MappingError
 from bridge.events import to_json_value
 from bridge.mapping.compiled import CompiledMappings
@@ -198,9 +201,29 @@ def load_case_file(path: str | Path, cache: dict[Path, CompiledMappings] | None 
             prior = None if case.prior_rows is None else tuple(_prior_row(p, mappings) for p in case.prior_rows)
         except (ValueError, TypeError, InvalidOperation) as exc:
             raise MappingError(_case_problem(doc, list(where), f"case '{case.name}': {exc}")) from None
+        _check_expected_against_contracts(doc, where, case, mapping)
         cases.append(GoldenCase(str(path), doc.line_of(where), case.name, mapping, spec.source_id,
                                 transactions, prior, case.expect))
     return cases
+
+
+def _check_expected_against_contracts(doc: YamlDocument, where: tuple[Any, ...], case: CaseIn, mapping: Path) -> None:
+    """An expected event's payload must obey its contract too: a case cannot bless an event no consumer may
+    receive. (Only payloads given whole: `data` of an event whose type has a contract.)"""
+    folder = contracts_folder_of(mapping)
+    if not folder.is_dir() or not any(e.data is not None for e in case.expect.events):
+        return
+    registry = load_contracts(folder)
+    for index, event in enumerate(case.expect.events):
+        major = registry.major(event.type) if event.data is not None else None
+        if major is None:
+            continue
+        try:
+            major.model().model_validate_json(json.dumps(to_json_value(event.data, "data")))
+        except ValidationError as exc:
+            path = list(where) + ["expect", "events", index, "data"]
+            raise MappingError(_case_problem(doc, path, f"case '{case.name}': the expected {event.type} does not "
+                                             f"obey its contract ({major.contract.path}): {violation_text(exc)}")) from None
 
 
 def _case_problem(doc: YamlDocument, path: list[Any], message: str) -> str:

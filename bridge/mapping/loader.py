@@ -10,11 +10,13 @@ module runs the steps over files and directories and checks what spans files.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from bridge.changes import Op
+from bridge.contracts.registry import ContractRegistry, check_contract_folder, contracts_folder_of
 from bridge.errors import MappingError
 from bridge.mapping.compile import FileReport, compile_file
 from bridge.mapping.compiled import CompiledMappings, CompiledRule, DeclaredTypes
@@ -43,11 +45,28 @@ def discover_mapping_files(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def check_files(paths: Iterable[str | Path], *, known_schema: DeclaredTypes | None = None) -> list[FileReport]:
-    """Load every file and report its problems instead of raising (rule ids must be unique across files)."""
+    """Load every file and report its problems instead of raising (rule ids must be unique across files).
+
+    A mapping file with a ``contracts`` folder next to it is checked against those contracts (each emit has
+    one and fits it) and its events are validated against them at run time; the folder's own problems are
+    reported with the file.
+    """
     reports: list[FileReport] = []
     seen: dict[str, str] = {}
+    registries: dict[Path, tuple[ContractRegistry, list[str]]] = {}
     for path in discover_mapping_files(paths):
         report = FileReport(str(path))
+        folder = contracts_folder_of(path)
+        contracts = None
+        if folder.is_dir():
+            if folder not in registries:
+                registries[folder] = check_contract_folder(folder)
+            contracts, contract_problems = registries[folder]
+            report.contracts = str(folder)
+            if contract_problems:
+                report.problems.extend(contract_problems)
+                reports.append(report)
+                continue
         try:
             doc = read_yaml(path)
         except MappingError as exc:
@@ -61,7 +80,7 @@ def check_files(paths: Iterable[str | Path], *, known_schema: DeclaredTypes | No
             report.problems.extend(problem_line(doc, where, message) for where, message in found)
             reports.append(report)
             continue
-        compile_file(doc, spec, known_schema, report, seen)
+        compile_file(doc, spec, known_schema, report, seen, contracts)
         reports.append(report)
     _check_shadowed(reports)
     return reports
@@ -84,8 +103,12 @@ def _check_shadowed(reports: list[FileReport]) -> None:
                         "unconditionally (ignore rules are tried first)")
 
 
-def load_mappings(paths: Iterable[str | Path], *, known_schema: DeclaredTypes | None = None) -> CompiledMappings:
-    """Load and compile mapping files (or directories of them); raises MappingError on the first problem."""
+def load_mappings(paths: Iterable[str | Path], *, known_schema: DeclaredTypes | None = None,
+                  retired: Iterable[str] = ()) -> CompiledMappings:
+    """Load and compile mapping files (or directories of them); raises MappingError on the first problem.
+
+    ``retired``: event types with major whose emits are dropped (the end of a dual-publishing window).
+    """
     paths = list(paths)
     reports = check_files(paths, known_schema=known_schema)
     if not reports:
@@ -104,8 +127,33 @@ def load_mappings(paths: Iterable[str | Path], *, known_schema: DeclaredTypes | 
                                    "in another mapping file; declare it once")
         keys.update(report.keys)
         schemas.update(report.schemas)
-    return CompiledMappings([r for report in reports for r in report.rules], files=[r.path for r in reports],
-                            declared_types=declared, keys=keys, schemas=schemas)
+    rules = retire_events([r for report in reports for r in report.rules], set(retired))
+    return CompiledMappings(rules, files=[r.path for r in reports], declared_types=declared, keys=keys, schemas=schemas)
+
+
+def retire_events(rules: list[CompiledRule], retired: set[str]) -> list[CompiledRule]:
+    """The rules without their emits of retired event types. A retired type must be one the rules emit, in a
+    rule that also emits a later major of the event: retiring must end a window, never the event itself."""
+    if not retired:
+        return rules
+    emitted = {emit.type for rule in rules for emit in rule.emits}
+    for event_type in sorted(retired - emitted):
+        raise MappingError(f"retired_events: no rule emits '{event_type}' (they emit {', '.join(sorted(emitted))}); "
+                           "name an event type with its major, as in ce_type")
+    kept = []
+    for rule in rules:
+        dropped = [e for e in rule.emits if e.type in retired]
+        if dropped:
+            for emit in dropped:
+                base = emit.type.rpartition(".v")[0]
+                if not any(e.type.rpartition(".v")[0] == base and e.major > emit.major and e.type not in retired
+                           for e in rule.emits):
+                    raise MappingError(f"{rule.origin}: rule '{rule.id}': retired_events names '{emit.type}', but the "
+                                       f"rule publishes no later major of it: retiring it would stop the event; "
+                                       f"add the new major's emit first (dual publishing), or remove the emit")
+            rule = replace(rule, emits=tuple(e for e in rule.emits if e.type not in retired))
+        kept.append(rule)
+    return kept
 
 
 def needs_before(mappings: CompiledMappings) -> dict[str, tuple[str, ...]]:

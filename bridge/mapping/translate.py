@@ -177,7 +177,7 @@ def _translate_changes(changes: Iterable[RowChange], txi: TxIndex, mappings: Com
                     id=eid, type=emit.type, source=source, subject=f"{emit.aggregate_type}/{aggregate_id}",
                     time=moment or change.commit_time, sequence=sequence_of(position, emitted),
                     aggregate_type=emit.aggregate_type, aggregate_id=aggregate_id, data=data,
-                    rule_id=rule.id, position=position, snapshot=mark))
+                    rule_id=rule.id, position=position, snapshot=mark, dataschema=emit.dataschema))
                 emitted += 1
         if not matched and not failed:
             result.unmatched[change.table] += 1
@@ -212,7 +212,10 @@ def _run_emits(rule: CompiledRule, scope: Scope, reading: bool) -> list[tuple[An
         for item in emit.each(scope) if emit.each is not None else (None,):
             scope.item = item
             moment = emit.snapshot_time(scope) if reading and emit.snapshot_time is not None else None
-            outputs.append((emit, emit.aggregate_id(scope), build_object(emit.fields, scope), moment))
+            data = build_object(emit.fields, scope)
+            if emit.check is not None:
+                emit.check(data)  # ContractViolation: never published; dead-lettered or stops, by the rule's policy
+            outputs.append((emit, emit.aggregate_id(scope), data, moment))
     scope.item = None
     return outputs
 

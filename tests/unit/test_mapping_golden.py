@@ -127,7 +127,9 @@ def test_validate_command(tmp_path: Path) -> None:
     done = CliRunner().invoke(mappings_group, ["validate", str(tmp_path)])
     assert done.exit_code == 0, done.output
     assert done.output.splitlines() == [
-        f"{tmp_path}/shop.yaml: ok: 2 rules (0 ignore), 1 tables (items), 2 event types"]
+        f"{tmp_path}/shop.yaml: ok: 2 rules (0 ignore), 1 tables (items), 2 event types",
+        f"  no contracts folder next to it ({tmp_path}/contracts): its events are published unchecked (see the "
+        "README's Contracts section)"]
     (tmp_path / "broken.yaml").write_text(MAPPING.replace("id: after.id}", "id: aftr.id}", 1))
     done = CliRunner().invoke(mappings_group, ["validate", str(tmp_path)])
     assert done.exit_code == 2

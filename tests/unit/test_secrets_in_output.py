@@ -138,6 +138,9 @@ CASES: list[Case] = [
     Case(("mappings", "validate"), ["{work}/missing.yaml"], env=dict(BACKGROUND_ENV), label="missing file"),
     Case(("mappings", "test"), ["{work}/missing.yaml"], env=dict(BACKGROUND_ENV), label="missing file"),
     Case(("tail",), ["--log", "{work}/no-log", "--no-follow"], env=dict(BACKGROUND_ENV), label="missing log"),
+    Case(("contracts", "list"), ["--dir", "{work}/no-contracts"], env=dict(BACKGROUND_ENV), label="missing folder"),
+    Case(("contracts", "show"), ["OrderPlaced", "--dir", "{work}/no-contracts"], env=dict(BACKGROUND_ENV),
+         label="missing folder"),
     Case(("log", "verify"), ["--log", "{work}/no-log"], env=dict(BACKGROUND_ENV), label="missing log"),
 ]
 
