@@ -253,3 +253,25 @@ def test_export_asyncapi_takes_the_topics_from_the_settings_file(tmp_path: Path,
     assert exported["channels"]["shop.orders"]["address"] == "shop.orders"
     assert "restaurant.order.OrderPlaced.v1" in exported["channels"]["shop.orders"]["messages"]
     assert _problems(official, exported) == []
+
+
+def test_a_major_with_revisions_accepts_every_revision_s_dataschema(tmp_path: Path, official) -> None:
+    # Events published before the latest revision stay on the topic: their ce_dataschema names theirs.
+    contracts = tmp_path / "contracts"
+    (contracts / "thing").mkdir(parents=True)
+    (contracts / "thing" / "ThingHappened.yaml").write_text(
+        "type: shop.thing.ThingHappened\naggregate: thing\ndescription: A thing happened.\nmajors:\n  1:\n"
+        "    fields:\n      thingId: {type: integer, description: The thing.}\n"
+        "      note: {type: string, optional: true, since: 1, description: Added by revision 1.}\n")
+    document = asyncapi_document(load_contracts(contracts), KafkaSink().topic_for, title="t", version="1")
+    assert _problems(official, document) == []
+    message = _message(document, "shop.thing.ThingHappened.v1")
+    assert message["x-dataschema"] == "urn:cdc-bridge:contract:shop.thing.ThingHappened:1.1"
+    assert message["headers"]["allOf"][1]["properties"]["ce_dataschema"] == {"enum": [
+        "urn:cdc-bridge:contract:shop.thing.ThingHappened:1.1", "urn:cdc-bridge:contract:shop.thing.ThingHappened:1.0"]}
+    assert sorted(document["channels"]) == ["shop.thing"]
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["contracts", "export", "--format", "jsonschema", "--dir", str(contracts),
+                                      "--out", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (out / "shop.thing.ThingHappened").iterdir()) == ["1.0.schema.json", "1.1.schema.json"]
