@@ -83,3 +83,86 @@ def show_command(ctx: click.Context, event_type: str, folder: Path, mapping_path
         click.echo(f"cdc-bridge: no contract '{event_type}' in {folder} (known: {names})", err=True)
         ctx.exit(2)
     click.echo(describe(contract, _producers(mapping_paths)), nl=False)
+
+
+@contracts_group.command("export")
+@click.option("--format", "fmt", type=click.Choice(["jsonschema", "asyncapi"]), required=True,
+              help="jsonschema: every revision's JSON Schema; asyncapi: one AsyncAPI 3.0.0 document of the topics.")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path),
+              help="Write into this folder (created if missing); without it, write to stdout.")
+@_dir_option
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="asyncapi: take the topics from this settings file's sink (topic_template, topics), read as "
+                   "`run` reads it; without it, the default {namespace}.{aggregate_type}.")
+@click.option("--json", "as_json", is_flag=True, help="asyncapi: JSON (asyncapi.json) instead of YAML (asyncapi.yaml).")
+@click.option("--title", default="cdc-bridge domain events", show_default=True, help="asyncapi: info.title.")
+@click.option("--doc-version", help="asyncapi: info.version (default: cdc-bridge's version).")
+@click.pass_context
+def export_command(ctx: click.Context, fmt: str, out: Path | None, folder: Path, config_file: Path | None,
+                   as_json: bool, title: str, doc_version: str | None) -> None:
+    """Write the contracts for consumers: JSON Schemas, or the AsyncAPI document of the topics.
+
+    \b
+    jsonschema --out DIR   DIR/<type>/<major>.<revision>.schema.json for every revision of every major
+                           (the bytes of the committed snapshots).
+    jsonschema             stdout: one JSON object, every revision's schema keyed by its dataschema URI
+                           (the ce_dataschema header's value), e.g. urn:cdc-bridge:contract:<type>:1.0.
+    asyncapi --out DIR     DIR/asyncapi.yaml (or asyncapi.json with --json).
+    asyncapi               stdout: the document.
+    """
+    registry = _registry(ctx, folder)
+    if fmt == "jsonschema":
+        _export_jsonschema(registry, out)
+        return
+    from bridge import __version__
+    from bridge.contracts.asyncapi import asyncapi_document, render_json, render_yaml
+
+    document = asyncapi_document(registry, _topic_for(config_file), title=title,
+                                 version=doc_version or __version__)
+    text = render_json(document) if as_json else render_yaml(document)
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / ("asyncapi.json" if as_json else "asyncapi.yaml")
+    target.write_text(text)
+    click.echo(f"wrote {target}")
+
+
+def _export_jsonschema(registry, out: Path | None) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from bridge.contracts.schema import revision_schema, schema_bytes
+
+    everything: dict[str, object] = {}
+    written = 0
+    for major in registry.majors():
+        for revision in range(major.revision + 1):
+            schema = revision_schema(major, revision)
+            if out is None:
+                everything[major.dataschema(revision)] = schema
+                continue
+            target = out / major.contract.type / f"{major.number}.{revision}.schema.json"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(schema_bytes(schema))
+            written += 1
+    if out is None:
+        click.echo(json.dumps(everything, indent=2, sort_keys=True, ensure_ascii=False))
+    else:
+        click.echo(f"wrote {written} schema files under {out}")
+
+
+def _topic_for(config_file: Path | None):  # type: ignore[no-untyped-def]
+    """The sink's topic naming: from the settings file (environment overrides included, as for `run`); a bad
+    file raises ConfigurationError, which main() prints as one scrubbed line with exit code 2, as for `run`."""
+    from bridge.settings import KafkaSink, load_settings
+
+    if config_file is None:
+        return KafkaSink().topic_for
+    sink = load_settings(config_file).sink
+    if not isinstance(sink, KafkaSink):
+        # A local-log sink has no topics; the document still says where a Kafka sink would publish.
+        click.echo(f"cdc-bridge: {config_file}: sink.kind is {sink.kind}, not kafka: showing the default topics",
+                   err=True)
+        return KafkaSink().topic_for
+    return sink.topic_for

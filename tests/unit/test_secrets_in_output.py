@@ -21,6 +21,7 @@ from bridge.cli import cli
 
 REPO = Path(__file__).resolve().parents[2]
 MAPPINGS = REPO / "mappings" / "restaurant.yaml"
+CONTRACTS = REPO / "mappings" / "contracts"
 SECRET = f"S3cr3t-{uuid.uuid4().hex[:12]}"  # unique per run: nothing else prints it by chance
 
 
@@ -142,6 +143,15 @@ CASES: list[Case] = [
     Case(("contracts", "show"), ["OrderPlaced", "--dir", "{work}/no-contracts"], env=dict(BACKGROUND_ENV),
          label="missing folder"),
     Case(("log", "verify"), ["--log", "{work}/no-log"], env=dict(BACKGROUND_ENV), label="missing log"),
+    Case(("contracts", "list"), ["--dir", "{work}/no-contracts"], env=dict(BACKGROUND_ENV), label="missing folder"),
+    Case(("contracts", "show"), ["NoSuchEvent", "--dir", str(CONTRACTS)], env=dict(BACKGROUND_ENV),
+         label="unknown event"),
+    # contracts export --config reads the same settings file as run, only for the sink's topics
+    Case(("contracts", "export"), ["--format", "asyncapi", "--dir", str(CONTRACTS), "--config", "{config}"],
+         label="YAML error on the DSN's line", config=f"source:\n  kind: pgoutput\n  dsn: {DSNS['url']}: x\n"),
+    Case(("contracts", "export"), ["--format", "asyncapi", "--dir", str(CONTRACTS), "--config", "{config}"],
+         label="invalid settings beside the DSN",
+         config=f"source: {{kind: pgoutput, dsn: '{DSNS['url']}', slot: x}}\nsink: {{partitions: many}}\n"),
 ]
 
 
