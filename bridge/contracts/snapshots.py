@@ -113,7 +113,7 @@ def drift_problems(major: Major, revision: int, changes: list[Change], latest_pu
     key = Revision(major.contract.type, major.number, revision)
     problems = [f"{field_line(major, c.path)}: {key.label} is published, but the contract changed it: {c.message}"
                 for c in breaking(changes)]
-    problems += [f"{field_line(major, c.path)}: field '{c.path}' of {major.event_type} is new in {key.label}, "
+    problems += [f"{field_line(major, c.path)}: field '{c.path}' is new in {key.label}, "
                  f"which is already published: give it `since: {latest_published + 1}` (a published revision "
                  "never changes; new optional fields make a new revision)"
                  for c in changes if c.kind == OPTIONAL_FIELD_ADDED]
