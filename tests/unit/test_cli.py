@@ -15,8 +15,8 @@ def test_help_lists_every_subcommand_with_one_line() -> None:
     top = _cdc_bridge("--help")
     assert top.returncode == 0
     top_commands = top.stdout.split("Commands:")[1].strip().splitlines()
-    assert [line.split()[0] for line in top_commands] == ["backfill", "check", "demo", "legacy", "log", "mappings", "run",
-                                                               "tail"]
+    assert [line.split()[0] for line in top_commands] == ["backfill", "check", "contracts", "demo", "legacy", "log", "mappings",
+                                                               "run", "tail"]
     assert all(len(line.split()) > 1 for line in top_commands)
     legacy = _cdc_bridge("legacy", "--help")
     commands = legacy.stdout.split("Commands:")[1].strip().splitlines()
