@@ -48,6 +48,9 @@ def check_contracts(folder: Path) -> list[str]:
 
 
 def run_check(folder: Path) -> CheckReport:
+    if not folder.is_dir():  # an empty registry would pass every check
+        return CheckReport(load_problems=[f"{folder}: no contracts folder (expected contract files like "
+                                          f"{folder}/order/OrderPlaced.yaml)"])
     registry, load_problems = check_contract_folder(folder)
     report = CheckReport(load_problems=list(load_problems))
     try:
@@ -134,7 +137,7 @@ def _check_major(folder: Path, major: Major, lock: dict[str, str], snapshots: di
                 f"{major.number}.{major.revision}: a published revision never goes away")
         changes = _compare(snapshot, schemas[major.revision], f"{own[revision]}: {key.label}", problems)
         found = breaking(changes or [])
-        problems += [f"{field_line(major, c.path)}: {gone}: {c.message}" for c in found]
+        problems += [f"{field_line(major, c.new_path)}: {gone}: {c.message}" for c in found]
         if changes is not None and not found:
             problems.append(f"{contract.line_of('majors', major.number)}: {gone}; restore the fields it had")
     _check_pairs(major, compared, problems)
@@ -173,7 +176,7 @@ def _check_pairs(major: Major, compared: dict[int, tuple[str, Any]], problems: l
     for index, (_, (old_label, old)) in enumerate(ordered):
         for _, (new_label, new) in ordered[index + 1:]:
             for change in breaking(_compare(old, new, f"{major.event_type} {old_label} -> {new_label}", problems) or []):
-                problems.append(f"{field_line(major, change.path)}: {major.event_type} {old_label} -> {new_label}: "
+                problems.append(f"{field_line(major, change.new_path)}: {major.event_type} {old_label} -> {new_label}: "
                                 f"{change.message}")
 
 

@@ -83,6 +83,7 @@ class Change:
     kind: str
     breaking: bool
     message: str
+    new_path: str = ""  # where the field is in the new schema (differs from path for a rename)
 
 
 def unsupported(pointer: str, keyword: str) -> str:
@@ -240,19 +241,19 @@ def compare(old_schema: Any, new_schema: Any) -> list[Change]:
     Raises ContractError when either schema has a shape the checker does not understand.
     """
     old, new = read_shape(old_schema), read_shape(new_schema)
-    found: list[tuple[str, str, str]] = []  # (path, kind, what)
+    found: list[tuple[str, ...]] = []  # (path, kind, what[, new path])
     if old_schema.get("x-aggregate") != new_schema.get("x-aggregate"):
         found.append(("", AGGREGATE_CHANGED, f"aggregate changed from {old_schema.get('x-aggregate')!r} "
                                              f"to {new_schema.get('x-aggregate')!r}"))
     _diff(old, new, "", found)
     event_type, major = _subject(old_schema, new_schema)
     changes = []
-    for path, kind, what in found:
+    for path, kind, what, *renamed in found:
         breaking = kind not in COMPATIBLE_KINDS
         where = f"field '{path}'" if path else "the event"
         tail = f"; {breaking_fix(major)}" if breaking else "" if kind == DOCUMENTATION else " (compatible)"
         subject = f"{event_type} major {major}" if major is not None else event_type
-        changes.append(Change(path, kind, breaking, f"{subject}, {where}: {what}{tail}"))
+        changes.append(Change(path, kind, breaking, f"{subject}, {where}: {what}{tail}", renamed[0] if renamed else path))
     return changes
 
 
@@ -260,7 +261,7 @@ def _join(parent: str, name: str) -> str:
     return f"{parent}.{name}" if parent else name
 
 
-def _diff(old: Shape, new: Shape, path: str, found: list[tuple[str, str, str]]) -> None:
+def _diff(old: Shape, new: Shape, path: str, found: list[tuple[str, ...]]) -> None:
     for doc in ("description", "title"):
         if getattr(old, doc) != getattr(new, doc):
             found.append((path, DOCUMENTATION, f"{doc} changed (documentation only)"))
@@ -287,7 +288,7 @@ def _diff(old: Shape, new: Shape, path: str, found: list[tuple[str, str, str]]) 
         _diff_fields(old, new, path, found)
 
 
-def _diff_fields(old: Shape, new: Shape, path: str, found: list[tuple[str, str, str]]) -> None:
+def _diff_fields(old: Shape, new: Shape, path: str, found: list[tuple[str, ...]]) -> None:
     removed = [n for n in old.properties if n not in new.properties]
     added = [n for n in new.properties if n not in old.properties]
     for name in list(removed):
@@ -297,7 +298,7 @@ def _diff_fields(old: Shape, new: Shape, path: str, found: list[tuple[str, str, 
             removed.remove(name)
             added.remove(twin)
             found.append((_join(path, name), FIELD_RENAMED, f"field removed and '{twin}' of the same type added: "
-                                                            f"renamed from '{name}' to '{twin}'?"))
+                                                            f"renamed from '{name}' to '{twin}'?", _join(path, twin)))
     for name in removed:
         how = "required" if name in old.required else "optional"
         found.append((_join(path, name), FIELD_REMOVED, f"{how} field removed (old events and consumers have it)"))

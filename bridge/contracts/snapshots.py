@@ -111,9 +111,9 @@ def field_line(major: Major, path: str) -> str:
 def drift_problems(major: Major, revision: int, changes: list[Change], latest_published: int) -> list[str]:
     """Why a published revision no longer regenerates as its snapshot, and what to do (empty: documentation only)."""
     key = Revision(major.contract.type, major.number, revision)
-    problems = [f"{field_line(major, c.path)}: {key.label} is published, but the contract changed it: {c.message}"
+    problems = [f"{field_line(major, c.new_path)}: {key.label} is published, but the contract changed it: {c.message}"
                 for c in breaking(changes)]
-    problems += [f"{field_line(major, c.path)}: field '{c.path}' is new in {key.label}, "
+    problems += [f"{field_line(major, c.new_path)}: field '{c.path}' is new in {key.label}, "
                  f"which is already published: give it `since: {latest_published + 1}` (a published revision "
                  "never changes; new optional fields make a new revision)"
                  for c in changes if c.kind == OPTIONAL_FIELD_ADDED]
@@ -187,7 +187,7 @@ def _new_revision_problems(major: Major, key: Revision, schema: Any, earlier: di
             changes = breaking(compare(old, schema))
         except ContractError as exc:
             return [f"{major.contract.line_of('majors', major.number)}: {key.label}: {exc}"]
-        problems += [f"{field_line(major, c.path)}: {key.label} against revision {major.number}.{revision}: "
+        problems += [f"{field_line(major, c.new_path)}: {key.label} against revision {major.number}.{revision}: "
                      f"{c.message}" for c in changes]
         if problems:  # the same change would be reported again against every later revision
             break

@@ -126,6 +126,11 @@ def test_breaking_change_named_with_field_kind_and_fix(name: str) -> None:
     assert phrase in message and FIX in message
 
 
+def test_a_rename_points_at_the_new_field() -> None:
+    edit = EDITS["field_renamed"][0]
+    assert [(c.path, c.new_path) for c in changed(edit)] == [("orderId", "orderNo")]
+
+
 def test_breaking_in_both_directions() -> None:
     """FULL: a removal is breaking whichever schema is the old one, an optional addition neither way."""
     new = base()

@@ -157,6 +157,11 @@ def test_removed_event_type_is_reported(published: Path) -> None:
     assert len(problems) == 1 and "no contract file declares shop.order.OrderPlaced any more" in problems[0]
 
 
+def test_a_missing_folder_is_a_problem(tmp_path: Path) -> None:
+    assert check_contracts(tmp_path / "nowhere") == [
+        f"{tmp_path}/nowhere: no contracts folder (expected contract files like {tmp_path}/nowhere/order/OrderPlaced.yaml)"]
+
+
 def test_the_repos_contracts_pass() -> None:
     assert check_contracts(REPO_CONTRACTS) == []
 
