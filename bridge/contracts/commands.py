@@ -166,3 +166,48 @@ def _topic_for(config_file: Path | None):  # type: ignore[no-untyped-def]
                    err=True)
         return KafkaSink().topic_for
     return sink.topic_for
+
+
+@contracts_group.command("check")
+@_dir_option
+@click.pass_context
+def check_command(ctx: click.Context, folder: Path) -> None:
+    """Snapshots, lock, contiguous revisions, compatibility within each major, examples; exit 1 on problems."""
+    from bridge.contracts.check import run_check
+
+    if not folder.is_dir():
+        _registry(ctx, folder)  # says what a contracts folder is and exits 2
+    report = run_check(folder)
+    for problem in report.all:
+        click.echo(problem)
+    if report.load_problems:
+        click.echo(f"contracts check: {len(report.load_problems)} contract file problem(s) in {folder} "
+                   f"(and {len(report.problems)} other problem(s)): fix the contract files first", err=True)
+        ctx.exit(2)
+    if report.problems:
+        click.echo(f"contracts check: {len(report.all)} problem(s) in {folder}", err=True)
+        ctx.exit(1)
+    click.echo(f"contracts check: ok: {report.revisions} revision(s) and {report.examples} example(s) "
+               f"in {folder}")
+
+
+@contracts_group.command("publish")
+@_dir_option
+@click.pass_context
+def publish_command(ctx: click.Context, folder: Path) -> None:
+    """Write the snapshot and lock entry of every revision that has none (then commit them)."""
+    from bridge.contracts.snapshots import LOCK_FILE, publish
+
+    registry = _registry(ctx, folder)
+    try:
+        written = publish(registry)
+    except ContractError as exc:
+        click.echo(f"cdc-bridge: {exc}", err=True)
+        ctx.exit(1)
+    for line in written:
+        click.echo(line)
+    if written:
+        click.echo(f"contracts publish: {len(written)} snapshot(s) written; commit {folder / 'schemas'} and "
+                   f"{folder / LOCK_FILE}")
+    else:
+        click.echo("contracts publish: nothing to publish: every revision has its snapshot")

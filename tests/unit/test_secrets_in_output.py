@@ -138,9 +138,10 @@ CASES: list[Case] = [
     # commands without a DSN: the secrets in the environment stay unprinted when they fail
     Case(("mappings", "validate"), ["{work}/missing.yaml"], env=dict(BACKGROUND_ENV), label="missing file"),
     Case(("mappings", "test"), ["{work}/missing.yaml"], env=dict(BACKGROUND_ENV), label="missing file"),
+    *[Case(("contracts", name), [*extra, "--dir", "{work}/missing"], env=dict(BACKGROUND_ENV), label="missing folder")
+      for name, extra in (("list", []), ("show", ["OrderPlaced"]), ("check", []), ("publish", []))],
     Case(("tail",), ["--log", "{work}/no-log", "--no-follow"], env=dict(BACKGROUND_ENV), label="missing log"),
     Case(("log", "verify"), ["--log", "{work}/no-log"], env=dict(BACKGROUND_ENV), label="missing log"),
-    Case(("contracts", "list"), ["--dir", "{work}/no-contracts"], env=dict(BACKGROUND_ENV), label="missing folder"),
     Case(("contracts", "show"), ["NoSuchEvent", "--dir", str(CONTRACTS)], env=dict(BACKGROUND_ENV),
          label="unknown event"),
     # contracts export --config reads the same settings file as run, only for the sink's topics
