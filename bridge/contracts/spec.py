@@ -23,25 +23,15 @@ revision ever published can be regenerated from the file (and compared with its 
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from bridge.mapping.spec import _pattern  # the same checked-name validator as mapping files
 
 FieldType = Literal["string", "integer", "number", "decimal", "boolean", "timestamp", "date", "uuid", "json",
                     "enum", "list", "object"]
 SCALAR_TYPES = ("string", "integer", "number", "decimal", "boolean", "timestamp", "date", "uuid", "json")
-
-
-def _pattern(regex: str, expected: str) -> AfterValidator:
-    compiled = re.compile(regex)
-
-    def check(value: str) -> str:
-        if not compiled.fullmatch(value):
-            raise ValueError(f"{value!r} is not valid: expected {expected}")
-        return value
-
-    return AfterValidator(check)
 
 
 ContractType = Annotated[str, _pattern(
