@@ -16,6 +16,7 @@ from bridge.changes import Op
 from bridge.mapping.closures import (
     NAMES,
     aggregate_id_of,
+    build_object,
     event_time_of,
     collector,
     guard,
@@ -281,6 +282,8 @@ class _Builder:
                     self.problem(path + ("collect",), "a collect cannot be nested inside another collect")
                     return None, None
                 return self.collect(spec.collect, path + ("collect",), names, state)
+            if spec.fields is not None:
+                return self.nested_object(spec.fields, path + ("fields",), names, state, in_collect), None
             spec, path, optional = spec.value, path + ("value",), spec.optional
         elif not isinstance(spec, str):
             return self.constant(spec, path), None
@@ -289,6 +292,16 @@ class _Builder:
             return None, None
         return guard(evaluate, state.id, field_path(path[2:]), check=publishable if publish else None,
                      optional=optional), None
+
+    def nested_object(self, fields: Mapping[str, Any], path: tuple[Any, ...], names: Mapping[str, NameSpec],
+                      state: _RuleState, in_collect: bool) -> Getter | None:
+        """A field's ``fields:``: an object built like a payload (each field any form; `when`/`optional` leave
+        a field out of the object, not the object out of the payload)."""
+        compiled = [self.field(n, s, path + (n,), names, state, in_collect=in_collect) for n, s in fields.items()]
+        if None in compiled:
+            return None
+        built = tuple(f for f in compiled if f is not None)
+        return lambda scope: build_object(built, scope)
 
     def constant(self, value: Any, path: tuple[Any, ...]) -> Getter | None:
         try:

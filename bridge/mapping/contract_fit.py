@@ -92,6 +92,9 @@ def _value_problems(spec: Any, declared: TypeSpec, path: tuple[Any, ...], column
             return _constant_problems(spec.const, declared, path + ("const",))
         if spec.collect is not None:
             return _collect_problems(spec.collect, declared, path + ("collect",), tables)
+        if spec.fields is not None:
+            return _object_problems(spec.fields, declared, path + ("fields",), columns, tables, lets, item_fields,
+                                    row_columns)
         spec, path = spec.value, path + ("value",)
     if not isinstance(spec, str):
         return _constant_problems(spec, declared, path)
@@ -135,6 +138,29 @@ def _collect_problems(collect: CollectSpec, declared: TypeSpec, path: tuple[Any,
     problems.extend((path + ("fields",), f"the contract's objects require field '{name}', but the collect never sets it")
                     for name, field_decl in item.fields.items()
                     if not field_decl.optional and name not in (collect.fields or {}))
+    return problems
+
+
+def _object_problems(fields: Mapping[str, Any], declared: TypeSpec, path: tuple[Any, ...],
+                     columns: Mapping[str, str] | None, tables: Mapping[str, Mapping[str, str]],
+                     lets: Mapping[str, Any], item_fields: Mapping[str, Any] | None,
+                     row_columns: Mapping[str, str] | None) -> list[Problem]:
+    """A `fields:` object against an object field of the contract: like a payload, one level down."""
+    if declared.type != "object" or declared.fields is None:
+        return [(path, f"'fields' builds an object, but the contract field is {_declared_text(declared)}")]
+    problems: list[Problem] = []
+    for name, spec in fields.items():
+        field_decl = declared.fields.get(name)
+        if field_decl is None:
+            problems.append((path + (name,), f"field '{name}' is not in the contract's object "
+                             f"(it has {', '.join(declared.fields)})"))
+            continue
+        if isinstance(spec, FieldObject) and (spec.optional or spec.when is not None) and not field_decl.optional:
+            problems.append((path + (name,), f"field '{name}' may be left out, but the contract's object requires it"))
+        problems.extend(_value_problems(spec, field_decl, path + (name,), columns, tables, lets, item_fields,
+                                        row_columns))
+    problems.extend((path, f"the contract's object requires field '{name}', but 'fields' never sets it")
+                    for name, field_decl in declared.fields.items() if not field_decl.optional and name not in fields)
     return problems
 
 

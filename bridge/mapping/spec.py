@@ -112,20 +112,25 @@ class CollectSpec(_Strict):
 
 
 class FieldObject(_Strict):
-    """The long form of a payload field: ``{value|const|collect, optional, when}``."""
+    """The long form of a payload field: ``{value|const|collect|fields, optional, when}``."""
 
     value: str | None = None
     const: Any = None
     collect: CollectSpec | None = None
+    # A nested object built from fields of its own (each any field form): {fields: {amount: ..., currency: ...}}
+    fields: dict[str, FieldSpec] | None = None
     optional: bool = False  # omit the field when its value is UNKNOWN (unchanged TOAST) instead of failing
     when: str | None = None  # include the field only when this is true
 
     @model_validator(mode="after")
     def _one_source(self) -> FieldObject:
-        given = [k for k in ("value", "const", "collect") if k in self.model_fields_set]
+        given = [k for k in ("value", "const", "collect", "fields") if k in self.model_fields_set]
         if len(given) != 1:
-            raise ValueError("a field needs exactly one of 'value' (an expression), 'const' or 'collect'"
-                             + (f", got {' and '.join(given)}" if given else ""))
+            raise ValueError("a field needs exactly one of 'value' (an expression), 'const', 'collect' or "
+                             "'fields' (an object)" + (f", got {' and '.join(given)}" if given else ""))
+        if self.fields is not None and self.optional:
+            raise ValueError("'optional' is for a 'value' that may be unknown; mark the object's own fields "
+                             "optional instead")
         return self
 
 
@@ -198,6 +203,7 @@ class MappingFileSpec(_Strict):
     rules: list[RuleSpec] = Field(min_length=1)
 
 
+FieldObject.model_rebuild()
 CollectSpec.model_rebuild()
 
 # -- pydantic's errors, as paths into the YAML data and messages that say what was expected -------------------

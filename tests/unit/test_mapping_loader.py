@@ -84,12 +84,12 @@ def test_an_unknown_name_names_file_line_rule_field_and_what_was_expected(tmp_pa
      ":9: rule 'a.b', field 'emit[0].aggregate.id': missing required field 'id'"),
     (("{id: a.b, table: orders, ops: [c], emit: [{event: E, aggregate: {type: o, id: key.id}, data: {x: {value: "
      "key.id, const: 1}}}]}"),
-     (":9: rule 'a.b', field 'emit[0].data.x': a field needs exactly one of 'value' (an expression), 'const' or "
-     "'collect', got value and const")),
+     (":9: rule 'a.b', field 'emit[0].data.x': a field needs exactly one of 'value' (an expression), 'const', "
+     "'collect' or 'fields' (an object), got value and const")),
     (("{id: a.b, table: orders, ops: [c], emit: [{event: E, aggregate: {type: o, id: key.id}, data: {x: {vaule: "
      "key.id}}}]}"),
      (":9: rule 'a.b', field 'emit[0].data.x.vaule': unknown field 'vaule' (expected one of value, const, collect, "
-     "optional, when)")),
+     "fields, optional, when)")),
     ("{id: a.b, table: orders, on: [c], ignore: true}",
      "field 'True': True is not a field name; YAML reads a bare 'on' as true: the operations go under 'ops'"),
 ])
