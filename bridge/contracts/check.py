@@ -8,6 +8,7 @@ What it verifies, each problem naming the contract file and line, the type, majo
     (e) within each major every pair of revisions passes compat both ways (FULL_TRANSITIVE)
     (f) every example validates against its own revision and every later one (JSON Schema and pydantic)
     (g) every contract file loads
+    (h) every major after the first upcasts every example of the previous major into a valid payload
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pydantic import ValidationError
 from bridge.contracts.compat import DOCUMENTATION, breaking, compare, read_shape
 from bridge.contracts.models import violation_text
 from bridge.contracts.registry import ContractRegistry, Major, check_contract_folder
+from bridge.contracts.upcast import upcast_problems
 from bridge.contracts.snapshots import (LOCK_FILE, Revision, committed_snapshots, digest, drift_problems,
                                         field_line, parse_lock_key, read_lock, regenerate, snapshot_path)
 from bridge.errors import ContractError
@@ -66,6 +68,7 @@ def run_check(folder: Path) -> CheckReport:
         _check_major(folder, major, lock, snapshots, tampered, report)
     if not load_problems:  # a contract that does not load would look like a removed one
         report.problems += _removed_majors(registry, snapshots)
+        report.problems += upcast_problems(registry)
     return report
 
 

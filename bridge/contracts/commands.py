@@ -170,10 +170,23 @@ def _topic_for(config_file: Path | None):  # type: ignore[no-untyped-def]
 
 @contracts_group.command("check")
 @_dir_option
+@click.option("--upcasters", "modules", multiple=True, metavar="MODULE",
+              help="Import this Python module first: it registers the upcaster functions contracts name "
+                   "(`function:` steps), so that they are checked on the examples.")
 @click.pass_context
-def check_command(ctx: click.Context, folder: Path) -> None:
-    """Snapshots, lock, contiguous revisions, compatibility within each major, examples; exit 1 on problems."""
+def check_command(ctx: click.Context, folder: Path, modules: tuple[str, ...]) -> None:
+    """Snapshots, lock, contiguous revisions, compatibility within each major, examples, upcasters; exit 1 on
+    problems."""
+    import importlib
+
     from bridge.contracts.check import run_check
+
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            click.echo(f"cdc-bridge: --upcasters {module}: cannot import it: {exc}", err=True)
+            ctx.exit(2)
 
     if not folder.is_dir():
         _registry(ctx, folder)  # says what a contracts folder is and exits 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -203,3 +204,18 @@ def test_an_upcast_giving_an_invalid_payload_is_reported_with_the_field(tmp_path
     [problem] = upcast_problems(reg)
     assert "example 0 of v1 upcast to v2" in problem and "field 'total.currency'" in problem, problem
     assert upcast(reg, V1, {"orderId": 2}) == ("shop.order.Paid.v2", {"orderId": 2}), "the example without a total is fine"
+
+
+def test_contracts_check_refuses_an_upcaster_that_breaks_the_previous_majors_examples(tmp_path: Path) -> None:
+    from bridge.contracts.check import check_contracts
+
+    folder = tmp_path / "contracts"
+    shutil.copytree(REPO / "mappings" / "contracts", folder)
+    assert check_contracts(folder) == []
+    contract = folder / "order" / "OrderPlaced.yaml"
+    text = contract.read_text()
+    without_currency = text.replace("      - default: {total.currency: EUR}\n", "")
+    assert without_currency != text, "the OrderPlaced v2 upcast has its default step"
+    contract.write_text(without_currency)
+    found = check_contracts(folder)
+    assert found and all("upcast to v2" in p and "total.currency" in p for p in found), found
