@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bridge.changes import Op
+from bridge.contracts.registry import ContractRegistry
 from bridge.mapping.closures import (
     NAMES,
     aggregate_id_of,
@@ -25,7 +26,6 @@ from bridge.mapping.closures import (
     must_be_list,
     publishable,
 )
-from bridge.contracts.registry import ContractRegistry
 from bridge.mapping.compiled import (
     CompiledEmit,
     CompiledField,
