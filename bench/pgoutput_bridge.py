@@ -27,6 +27,10 @@ Throughput (mode `throughput`)
                        record's JSON text into Python and counts row changes until N
       bridge-kafka     bridge.daemon.run_daemon, source pgoutput, sink Kafka (acks=all, idempotent)
       bridge-locallog  the same with the local event log sink (fsync before acknowledging)
+      bridge-kafka-nocontracts, bridge-locallog-nocontracts
+                       the same on a copy of mappings/ without its contracts/ folder: no event is
+                       checked against its contract before it is published (--contracts-ab adds
+                       these twins to every bridge consumer, interleaved, and reports on/off ratios)
     Each is timed from its first change to its last (for the bridge: the last acknowledged delivery),
     `drain_seconds`, the headline; `seconds` also counts the consumer's start (connections, slot
     checks, topic creation; not the JVM's boot, reported apart). Reported: medians over --runs of
@@ -56,6 +60,7 @@ noisy; the ratios against references measured in the same run are the figures to
 from __future__ import annotations
 
 import argparse
+import shutil
 import importlib.util
 import json
 import os
@@ -87,6 +92,8 @@ from tests.support.local_stack import run_stack
 CHILD = REPO / "bench" / "_pgoutput_child.py"
 MAPPINGS = load_mappings([REPO / "mappings" / "restaurant.yaml"])
 CONSUMERS = ("server", "debezium", "bridge-kafka", "bridge-locallog")
+UNCHECKED = "-nocontracts"  # a bridge consumer's twin without contracts (no run-time check of events)
+BRIDGES = ("bridge-kafka", "bridge-locallog")
 CHILD_TIMEOUT_S = 3600
 
 
@@ -206,8 +213,20 @@ def finish_child(child: subprocess.Popen, folder: Path, kind: str, timeout_s: fl
     return json.loads(result.read_text())
 
 
+def unchecked_mappings(folder: Path) -> Path:
+    """A copy of mappings/restaurant.yaml with no contracts/ folder next to it: its events go unchecked."""
+    target = folder / "mappings-nocontracts"
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "mappings" / "restaurant.yaml", target / "restaurant.yaml")
+    rules = load_mappings([target / "restaurant.yaml"]).rules
+    if not rules or any(emit.check is not None for rule in rules for emit in rule.emits):
+        raise RuntimeError(f"{target}: the contracts-off copy still checks events")
+    return target / "restaurant.yaml"
+
+
 def bridge_spec(stack: Stack, dsn: str, slot: str, publication: str, sink: str, folder: Path,
-                out_prefix: str, *, profile: Path | None = None, idle_exit_s: float = 2.0) -> dict[str, Any]:
+                out_prefix: str, *, profile: Path | None = None, idle_exit_s: float = 2.0,
+                mappings: Path | None = None) -> dict[str, Any]:
     if sink == "kafka":
         sink_settings: dict[str, Any] = {"kind": "kafka", "bootstrap_servers": stack.bootstrap_servers,
                                          "topic_template": out_prefix + ".{aggregate_type}",
@@ -216,7 +235,7 @@ def bridge_spec(stack: Stack, dsn: str, slot: str, publication: str, sink: str, 
         sink_settings = {"kind": "locallog", "path": str(folder / "events")}
     return {"kind": "bridge", "dsn": dsn, "slot": slot, "publication": publication, "sink": sink_settings,
             "state_path": str(folder / "prior-rows.sqlite"), "idle_exit_s": idle_exit_s,
-            "profile": str(profile) if profile else None}
+            "profile": str(profile) if profile else None, "mappings": str(mappings) if mappings else None}
 
 
 def output_topics(out_prefix: str) -> list[str]:
@@ -234,14 +253,19 @@ def run_consumer(kind: str, stack: Stack, work: Workload, folder: Path, run: int
         if kind == "debezium":
             return run_child({"kind": "debezium", "changes": work.changes, "handler": debezium_handler,
                               "properties": debezium_properties(stack, work, slot)}, folder / tag)
-        sink = kind.removeprefix("bridge-")
+        checked = not kind.endswith(UNCHECKED)
+        sink = kind.removeprefix("bridge-").removesuffix(UNCHECKED)
         out = f"{tag}.out"
         profile = profile_dir / f"pgoutput_bridge-{kind}-run{run}.prof" if profile_dir else None
+        mappings = None if checked else unchecked_mappings(folder)
         result = run_child(bridge_spec(stack, work.dsn, slot, work.bridge_publication, sink, folder / tag, out,
-                                       profile=profile), folder / tag)
+                                       profile=profile, mappings=mappings), folder / tag)
         if result["changes"] != work.changes:
             raise RuntimeError(f"{kind} handled {result['changes']} of {work.changes} row changes: "
                                "a run that stops early measures nothing")
+        if (result["checked_emits"] > 0) != checked:
+            raise RuntimeError(f"{kind}: {result['checked_emits']} emits checked against contracts, "
+                               f"but the run was meant to be {'with' if checked else 'without'} contracts")
         if sink == "kafka":
             result["records_on_kafka"] = _end_offset_sum(stack.bootstrap_servers, output_topics(out))
             if result["records_on_kafka"] != result["events"] + result["dead_letters"]:
@@ -262,9 +286,15 @@ def throughput(stack: Stack, args: argparse.Namespace, folder: Path) -> dict[str
             raise RuntimeError(f"the slot decodes {work.changes} row changes, the simulator reports "
                                f"{work.simulated_changes}: the workload is not what was meant")
         kinds = args.consumers.split(",")
+        if args.contracts_ab:  # each bridge consumer and its contracts-off twin, next to each other
+            kinds = [k for kind in kinds for k in ((kind, kind + UNCHECKED) if kind in BRIDGES else (kind,))]
         runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
         for run in range(args.runs):
-            for kind in kinds:
+            order = kinds
+            if args.contracts_ab and run % 2 == 1:  # off before on every other run: neither always goes first
+                order = [k for kind in kinds if not kind.endswith(UNCHECKED)
+                         for k in ((kind + UNCHECKED, kind) if kind + UNCHECKED in kinds else (kind,))]
+            for kind in order:
                 result = run_consumer(kind, stack, work, folder, run,
                                       profile_dir=args.results if args.profile else None,
                                       debezium_handler=args.debezium_handler)
@@ -301,6 +331,20 @@ def summarize_throughput(runs: dict[str, list[dict]], changes: int) -> dict[str,
                 ratios[f"{bridge}/{reference} from start"] = round(
                     summary[bridge]["changes_per_s_from_start"] / summary[reference]["changes_per_s_from_start"], 3)
     summary["ratios_changes_per_s"] = ratios
+    contracts = {}
+    for bridge in BRIDGES:
+        on, off = summary.get(bridge), summary.get(bridge + UNCHECKED)
+        if on and off:
+            if on["events"] != off["events"]:
+                raise RuntimeError(f"{bridge}: {on['events']} events with contracts, {off['events']} without: "
+                                   "the workload broke a contract, the on/off figures would not compare like with like")
+            contracts[f"{bridge} contracts on/off"] = round(on["changes_per_s"] / off["changes_per_s"], 3)
+            contracts[f"{bridge} contracts on/off from start"] = round(
+                on["changes_per_s_from_start"] / off["changes_per_s_from_start"], 3)
+            per_run = [b["drain_seconds"] / a["drain_seconds"] for a, b in zip(runs[bridge], runs[bridge + UNCHECKED])]
+            contracts[f"{bridge} contracts on/off per run"] = [round(r, 3) for r in per_run]
+    if contracts:
+        summary["ratios_contracts_on_off"] = contracts
     return summary
 
 
@@ -487,6 +531,9 @@ def main() -> int:
     parser.add_argument("--keep-latencies", action="store_true",
                         help="latency: also write every (commit time, latency) pair to bench/results/")
     parser.add_argument("--memory-changes", default="50000,200000", help="memory: the N values")
+    parser.add_argument("--contracts-ab", action="store_true",
+                        help="throughput: run every bridge consumer also without contracts (a copy of mappings/ "
+                             "without contracts/), interleaved, and report the on/off ratio")
     parser.add_argument("--profile", action="store_true", help="cProfile each bridge run into bench/results/*.prof")
     parser.add_argument("--state", type=Path, help="use the running stack (postgres, kafka) under this state dir")
     args = parser.parse_args()

@@ -55,7 +55,7 @@ def emit_contract_problems(emit: EmitSpec, event_type: str, registry: ContractRe
                        f"(it has {', '.join(map(str, sorted(contract.majors)))}): add major {emit.version} to it")]
     problems: list[Problem] = []
     fields = major.fields
-    item_fields = _collect_fields(emit.each, lets)
+    each = _collect_of(emit.each, lets)
     for name, spec in emit.data.items():
         declared = fields.get(name)
         if declared is None:
@@ -68,7 +68,7 @@ def emit_contract_problems(emit: EmitSpec, event_type: str, registry: ContractRe
             problems.append((("data", name), f"field '{name}' may be left out ({'when' if spec.when else 'optional'}), "
                              f"but contract {major.event_type} requires it: mark it optional in "
                              f"{major.contract.path} (a new major if that revision is published) or always set it"))
-        problems.extend(_value_problems(spec, declared, ("data", name), columns, tables, lets, item_fields))
+        problems.extend(_value_problems(spec, declared, ("data", name), columns, tables, lets, each))
     for name, declared in fields.items():
         if not declared.optional and name not in emit.data:
             problems.append((("data",), f"contract {major.event_type} requires field '{name}', but the rule never "
@@ -76,17 +76,16 @@ def emit_contract_problems(emit: EmitSpec, event_type: str, registry: ContractRe
     return major, problems
 
 
-def _collect_fields(each: str | None, lets: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The fields of the objects an `each: <let>` iterates, when the let is a collect of objects."""
+def _collect_of(each: str | None, lets: Mapping[str, Any]) -> CollectSpec | None:
+    """The collect an `each: <let>` iterates, when the let is a collect."""
     match = _NAME.fullmatch(each or "")
     spec = lets.get(match.group(1)) if match else None
-    collect = spec.collect if isinstance(spec, FieldObject) else None
-    return None if collect is None else collect.fields
+    return spec.collect if isinstance(spec, FieldObject) else None
 
 
 def _value_problems(spec: Any, declared: TypeSpec, path: tuple[Any, ...], columns: Mapping[str, str] | None,
                     tables: Mapping[str, Mapping[str, str]], lets: Mapping[str, Any],
-                    item_fields: Mapping[str, Any] | None, row_columns: Mapping[str, str] | None = None) -> list[Problem]:
+                    each: CollectSpec | None, row_columns: Mapping[str, str] | None = None) -> list[Problem]:
     if isinstance(spec, FieldObject):
         if "const" in spec.model_fields_set:
             return _constant_problems(spec.const, declared, path + ("const",))
@@ -106,9 +105,13 @@ def _value_problems(spec: Any, declared: TypeSpec, path: tuple[Any, ...], column
         return []
     origin, column = read.groups()
     if origin == "item":
+        # item.x of an `each:` over a collect of objects: its field x, read from a row of the collect's table
+        item_fields = None if each is None else each.fields
         if item_fields is None or column not in item_fields:
             return []
-        return _value_problems(item_fields[column], declared, path, columns, tables, lets, None, row_columns)
+        found = _value_problems(item_fields[column], declared, path, None, tables, {}, None,
+                                tables.get(each.table.rpartition(".")[2]))
+        return [(where, f"item.{column}: {message}") for where, message in found]
     source = row_columns if origin == "row" else columns
     pg_type = (source or {}).get(column)
     if pg_type is None:
