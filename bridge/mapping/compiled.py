@@ -61,6 +61,9 @@ class CompiledEmit:
     # The contract the payload must obey: raises ContractViolation (None: the mapping has no contracts).
     check: Callable[[Mapping[str, Any]], None] | None = None
     dataschema: str | None = None  # the contract revision, published as ce_dataschema
+    # Retired (retired_events: the end of a dual-publishing window): still evaluated and counted, so that the
+    # rule's other events keep their output index, hence their ids and sequences; never published.
+    retired: bool = False
 
 
 def reads_column(reads: frozenset[tuple[str, str]], table: str, column: str) -> bool:
@@ -147,7 +150,7 @@ class CompiledMappings:
         return list(dict.fromkeys(rule.table for rule in self.rules))
 
     def event_types(self) -> list[str]:
-        return sorted({emit.type for rule in self.rules for emit in rule.emits})
+        return sorted({emit.type for rule in self.rules for emit in rule.emits if not emit.retired})
 
     def aggregates(self) -> list[tuple[str, str]]:
         """(namespace, aggregate type) of every event the rules can emit: the sink's topics."""

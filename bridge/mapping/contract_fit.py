@@ -92,7 +92,7 @@ def _value_problems(spec: Any, declared: TypeSpec, path: tuple[Any, ...], column
         if spec.collect is not None:
             return _collect_problems(spec.collect, declared, path + ("collect",), tables)
         if spec.fields is not None:
-            return _object_problems(spec.fields, declared, path + ("fields",), columns, tables, lets, item_fields,
+            return _object_problems(spec.fields, declared, path + ("fields",), columns, tables, lets, each,
                                     row_columns)
         spec, path = spec.value, path + ("value",)
     if not isinstance(spec, str):
@@ -146,7 +146,7 @@ def _collect_problems(collect: CollectSpec, declared: TypeSpec, path: tuple[Any,
 
 def _object_problems(fields: Mapping[str, Any], declared: TypeSpec, path: tuple[Any, ...],
                      columns: Mapping[str, str] | None, tables: Mapping[str, Mapping[str, str]],
-                     lets: Mapping[str, Any], item_fields: Mapping[str, Any] | None,
+                     lets: Mapping[str, Any], each: CollectSpec | None,
                      row_columns: Mapping[str, str] | None) -> list[Problem]:
     """A `fields:` object against an object field of the contract: like a payload, one level down."""
     if declared.type != "object" or declared.fields is None:
@@ -160,7 +160,7 @@ def _object_problems(fields: Mapping[str, Any], declared: TypeSpec, path: tuple[
             continue
         if isinstance(spec, FieldObject) and (spec.optional or spec.when is not None) and not field_decl.optional:
             problems.append((path + (name,), f"field '{name}' may be left out, but the contract's object requires it"))
-        problems.extend(_value_problems(spec, field_decl, path + (name,), columns, tables, lets, item_fields,
+        problems.extend(_value_problems(spec, field_decl, path + (name,), columns, tables, lets, each,
                                         row_columns))
     problems.extend((path, f"the contract's object requires field '{name}', but 'fields' never sets it")
                     for name, field_decl in declared.fields.items() if not field_decl.optional and name not in fields)

@@ -132,8 +132,9 @@ def load_mappings(paths: Iterable[str | Path], *, known_schema: DeclaredTypes | 
 
 
 def retire_events(rules: list[CompiledRule], retired: set[str]) -> list[CompiledRule]:
-    """The rules without their emits of retired event types. A retired type must be one the rules emit, in a
-    rule that also emits a later major of the event: retiring must end a window, never the event itself."""
+    """The rules with their emits of retired event types marked retired (not published; still counted, so the
+    ids of the rule's other events do not move). A retired type must be one the rules emit, in a rule that
+    also emits a later major of the event: retiring must end a window, never the event itself."""
     if not retired:
         return rules
     emitted = {emit.type for rule in rules for emit in rule.emits}
@@ -151,7 +152,7 @@ def retire_events(rules: list[CompiledRule], retired: set[str]) -> list[Compiled
                     raise MappingError(f"{rule.origin}: rule '{rule.id}': retired_events names '{emit.type}', but the "
                                        f"rule publishes no later major of it: retiring it would stop the event; "
                                        f"add the new major's emit first (dual publishing), or remove the emit")
-            rule = replace(rule, emits=tuple(e for e in rule.emits if e.type not in retired))
+            rule = replace(rule, emits=tuple(replace(e, retired=True) if e.type in retired else e for e in rule.emits))
         kept.append(rule)
     return kept
 

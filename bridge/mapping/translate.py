@@ -29,7 +29,7 @@ from bridge.changes import Op, RowChange, Transaction
 from bridge.errors import TranslationError
 from bridge.events import DomainEvent, event_id, sequence_of, snapshot_event_id
 from bridge.mapping.closures import build_object
-from bridge.mapping.compiled import CompiledMappings, CompiledRule, Scope
+from bridge.mapping.compiled import CompiledEmit, CompiledMappings, CompiledRule, Scope
 from bridge.mapping.prior_rows import InMemoryPriorRows, PriorRows, RecordingPriorRows
 from bridge.mapping.runtime import ChangeContext, TxIndex
 
@@ -168,6 +168,9 @@ def _translate_changes(changes: Iterable[RowChange], txi: TxIndex, mappings: Com
             result.rule_hits[rule.id] += 1
             position = change.position
             for output_index, (emit, aggregate_id, data, moment) in enumerate(outputs):
+                if emit.retired:
+                    emitted += 1  # its place stays taken: the ids and sequences after it are those of the window
+                    continue
                 if mark is None:
                     eid = event_id(source_id, position, rule.id, emit.major, output_index)
                 else:
@@ -207,6 +210,9 @@ def _run_emits(rule: CompiledRule, scope: Scope, reading: bool) -> list[tuple[An
     time when the change is a snapshot read (`reading`) and the emit says when the fact happened."""
     outputs: list[tuple[Any, str, dict[str, Any], Any]] = []
     for emit in rule.emits:
+        if emit.retired:
+            outputs.extend(_retired_places(emit, scope))
+            continue
         if emit.when is not None and not emit.when(scope):
             continue
         for item in emit.each(scope) if emit.each is not None else (None,):
@@ -218,6 +224,19 @@ def _run_emits(rule: CompiledRule, scope: Scope, reading: bool) -> list[tuple[An
             outputs.append((emit, emit.aggregate_id(scope), data, moment))
     scope.item = None
     return outputs
+
+
+def _retired_places(emit: CompiledEmit, scope: Scope) -> list[tuple[Any, str, dict[str, Any], Any]]:
+    """The places a retired emit's events took during its window (its `when` and `each` only: its payload and
+    contract no longer matter). A `when` or `each` that fails now counts as no event: a rare shift of the ids
+    after it, rather than a retired major blocking the published one."""
+    try:
+        if emit.when is not None and not emit.when(scope):
+            return []
+        count = len(emit.each(scope)) if emit.each is not None else 1
+    except TranslationError:
+        return []
+    return [(emit, "", {}, None)] * count
 
 
 def _fail(rule: CompiledRule, change: RowChange, exc: TranslationError, result: TranslationResult) -> None:

@@ -162,7 +162,7 @@ def test_retiring_the_old_major_of_a_dual_published_event_drops_only_its_emit(tm
     assert [e.type for e in both.events] == ["shop.item.ItemAdded.v1", "shop.item.ItemAdded.v2",
                                              "shop.item.ItemAudited.v1"]
     mappings = load_mappings([path], retired=["shop.item.ItemAdded.v1"])
-    assert {r.id: [e.type for e in r.emits] for r in mappings.rules} == {
+    assert {r.id: [e.type for e in r.emits if not e.retired] for r in mappings.rules} == {
         "items.added": ["shop.item.ItemAdded.v2"], "items.audited": ["shop.item.ItemAudited.v1"]}
     retired = run(path, insert(1, id=1), retired=("shop.item.ItemAdded.v1",))
     assert [(e.type, dict(e.data), e.dataschema) for e in retired.events] == [
@@ -173,8 +173,6 @@ def test_retiring_the_old_major_of_a_dual_published_event_drops_only_its_emit(tm
         "shop.item.ItemAdded.v2", "shop.item.ItemAudited.v1"]
 
 
-@pytest.mark.xfail(strict=True, reason="retiring a major shifts the output index of the rule's later emits: the v2 "
-                   "event of the same change gets another ce_id and ce_sequence than before the retirement")
 def test_retiring_the_old_major_keeps_the_ids_of_the_new_majors_events(tmp_path: Path) -> None:
     path = project(tmp_path, MAPPING.replace("  - id: items.audited", SECOND_MAJOR + "  - id: items.audited"))
     before = [e for e in run(path, insert(1, id=1)).events if e.type.endswith(".v2")]
