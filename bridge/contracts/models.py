@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from datetime import date
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, NotRequired
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
 from bridge.contracts.spec import FieldSpec, TypeSpec
 from bridge.errors import ContractViolation
@@ -60,15 +61,30 @@ def build_model(title: str, fields: Mapping[str, FieldSpec], revision: int, desc
     return create_model(title, __config__=config, **definitions)
 
 
-def _annotation(spec: TypeSpec, title: str, revision: int) -> Any:
+def build_checked_dict(title: str, fields: Mapping[str, FieldSpec], revision: int) -> Any:
+    """The same fields, as strict and as closed, as a TypedDict: what the run-time check validates against.
+
+    Validating it returns the dict instead of building a model instance that would be thrown away: 30-45%
+    less per event (bench/contract_checks.py). The model stays the contract (its JSON Schema is published);
+    tests hold the two to the same verdicts.
+    """
+    keys = {name: (annotation if not spec.optional else NotRequired[annotation])  # type: ignore[valid-type]
+            for name, spec in fields_at(fields, revision).items()
+            for annotation in (_annotation(spec, f"{title}{name[:1].upper()}{name[1:]}", revision, build_checked_dict),)}
+    checked = TypedDict(title, keys)  # type: ignore[misc]  # the functional form: any field name works
+    checked.__pydantic_config__ = ConfigDict(extra="forbid", strict=True)  # type: ignore[attr-defined]
+    return checked
+
+
+def _annotation(spec: TypeSpec, title: str, revision: int, build_object: Callable[..., Any] = build_model) -> Any:
     if spec.type == "enum":
         annotation: Any = Literal[tuple(spec.values or ())]
     elif spec.type == "list":
         assert spec.items is not None
-        annotation = list[_annotation(spec.items, f"{title}Item", revision)]  # type: ignore[misc]
+        annotation = list[_annotation(spec.items, f"{title}Item", revision, build_object)]  # type: ignore[misc]
     elif spec.type == "object":
         assert spec.fields is not None
-        annotation = build_model(title, spec.fields, revision)
+        annotation = build_object(title, spec.fields, revision)
     else:
         annotation = _SCALARS[spec.type]
     return annotation | None if spec.nullable else annotation
@@ -91,9 +107,10 @@ def violation_text(exc: ValidationError) -> str:
     return f"field '{path}': {message}{more}" if path else f"{message}{more}"
 
 
-def payload_checker(model: type[BaseModel], event_type: str, dataschema: str) -> Callable[[Mapping[str, Any]], None]:
-    """A function that raises ContractViolation when a payload (Python values) does not obey `model`."""
-    validate = model.__pydantic_validator__.validate_python
+def payload_checker(checked_dict: Any, event_type: str, dataschema: str) -> Callable[[Mapping[str, Any]], None]:
+    """A function that raises ContractViolation when a payload (Python values) does not obey a contract
+    revision (its :func:`build_checked_dict`)."""
+    validate = TypeAdapter(checked_dict).validator.validate_python  # the core validator: no wrapper per call
 
     def check(data: Mapping[str, Any]) -> None:
         try:

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from bridge.contracts.models import build_model, fields_at, latest_revision, payload_checker
+from bridge.contracts.models import build_checked_dict, build_model, fields_at, latest_revision, payload_checker
 from bridge.contracts.spec import ContractFileSpec, FieldSpec, MajorSpec
 from bridge.errors import ContractError
 from bridge.mapping.spec import shape_problems
@@ -73,7 +73,8 @@ class Major:
     @cached_property
     def checker(self) -> Callable[[Mapping[str, Any]], None]:
         """Raises ContractViolation when a payload of Python values does not obey the latest revision."""
-        return payload_checker(self.model(), self.event_type, self.dataschema())
+        return payload_checker(build_checked_dict(self.title, self.spec.fields, self.revision), self.event_type,
+                               self.dataschema())
 
 
 @dataclass(frozen=True)
