@@ -29,6 +29,7 @@ from tests.conftest import legacy_database
 from tests.support.bridge_process import BridgeProcess, write_config
 from tests.support.direct_bridge import confirmed_flush, current_wal_lsn, log_records
 from tests.support.local_stack import REPO_ROOT, PostgresInfo
+from tests.support.pgoutput_source import drop_slot
 
 SIGNED_UP = "restaurant.customer.CustomerSignedUp"
 SCHEMA = f"urn:cdc-bridge:contract:{SIGNED_UP}:1.0"
@@ -105,13 +106,7 @@ class Run:
         return [json.loads(record.value) for record in log_records(self.settings, dead_letters=True)]
 
     def drop_slot(self) -> None:
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            deadline = time.monotonic() + 10
-            while conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s AND active",
-                               (self.slot,)).fetchone() and time.monotonic() < deadline:
-                time.sleep(0.1)
-            conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
-                         (self.slot,))
+        drop_slot(self.dsn, self.slot)
 
 
 def checkout(dsn: str, tag: str, phones: list[str | None]) -> int:

@@ -14,6 +14,7 @@ import psycopg
 from bridge.sources.pgoutput.protocol import parse_lsn
 from tests.support.bridge_process import BridgeProcess, write_e2e_config
 from tests.support.kafka_reading import read_all
+from tests.support.pgoutput_source import drop_slot
 
 AGGREGATES = ("customer", "menu_item", "order")
 
@@ -89,10 +90,4 @@ class DirectRun:
         return read_all(self.bootstrap_servers, [f"{self.out}.dead-letters"])
 
     def drop_slot(self) -> None:
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            deadline = time.monotonic() + 10
-            while conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s AND active",
-                               (self.slot,)).fetchone() and time.monotonic() < deadline:
-                time.sleep(0.1)
-            conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
-                         (self.slot,))
+        drop_slot(self.dsn, self.slot)
