@@ -22,7 +22,7 @@ from bridge.errors import ContractError
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 _DOCS = frozenset({"description", "title"})
 _ROOT = frozenset({"$schema", "$id", "x-aggregate", "x-revision", "$defs", "components"})
-_FORMATS = ("date-time", "date", "uuid")
+_FORMATS = ("date-time", "date", "uuid", "decimal")  # decimal: our own annotation of exact numbers as text
 _LOCAL_REF = re.compile(r"#/(\$defs|components/schemas)/([^/~]+)")
 
 # Kinds of change; only the first two are compatible within a major.
@@ -71,7 +71,8 @@ class Shape:
         elif self.kind == "any":
             text = "any JSON value"
         else:
-            text = self.kind + (f" (format {self.format})" if self.format else "")
+            text = ("decimal (as a string)" if self.format == "decimal"
+                    else self.kind + (f" (format {self.format})" if self.format else ""))
         return text + (" or null" if self.nullable else "")
 
 

@@ -11,17 +11,23 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from datetime import date
 from decimal import Decimal
-from typing import Any, Literal, NotRequired
+from typing import Annotated, Any, Literal, NotRequired
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+from pydantic import (AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, WithJsonSchema,
+                      create_model)
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
 from bridge.contracts.spec import FieldSpec, TypeSpec
 from bridge.errors import ContractViolation
 
+# A decimal is published as a string ("12.50"); its schema says so with format "decimal" (an annotation JSON
+# Schema validators ignore), so that a field turning from free text into a decimal, or back, is a change
+# the compatibility check sees, not two identical {"type": "string"}.
+_DECIMAL = Annotated[Decimal, WithJsonSchema({"type": "string", "format": "decimal"}, mode="serialization")]
+
 _SCALARS: dict[str, Any] = {
-    "string": str, "integer": int, "number": float, "decimal": Decimal, "boolean": bool,
+    "string": str, "integer": int, "number": float, "decimal": _DECIMAL, "boolean": bool,
     "timestamp": AwareDatetime, "date": date, "uuid": UUID, "json": Any,
 }
 

@@ -42,7 +42,7 @@ def use_variant(folder: Path, name: str) -> None:
 BREAKING = [
     ("field_removed", "note", "optional field removed"),
     ("field_renamed", "orderId", "renamed from 'orderId' to 'orderNumber'?"),
-    ("type_changed", "lines[].price", "type changed from string to integer"),
+    ("type_changed", "lines[].price", "type changed from decimal (as a string) to integer"),
     ("optional_made_required", "note", "optional made required"),
     ("required_made_optional", "orderId", "required made optional"),
     ("enum_narrowed", "status", "enum narrowed"),
