@@ -36,6 +36,10 @@ log = logging.getLogger("bridge.daemon")
 def preflight(settings: Settings):  # noqa: ANN201 (returns the compiled mappings)
     """Load the mappings and refuse to start when a rule cannot get what it needs."""
     mappings = load_mappings(settings.mappings, retired=settings.retired_events)
+    unchecked = mappings.unchecked_event_types()
+    if unchecked:  # allowed (a first mapping need not have contracts yet), but never silently
+        log.warning("events published without a contract check: their mapping file has no contracts folder next "
+                    "to it (see the README's Contracts section)", extra={"event_types": unchecked})
     needing = mappings.needs_before()
     if needing and settings.state.path is None:
         lines = [f"table {settings.source.schema_name}.{table} (rules {', '.join(sorted(rules))})"

@@ -152,6 +152,10 @@ class CompiledMappings:
     def event_types(self) -> list[str]:
         return sorted({emit.type for rule in self.rules for emit in rule.emits if not emit.retired})
 
+    def unchecked_event_types(self) -> list[str]:
+        """Event types published without a contract check (their mapping file has no contracts folder)."""
+        return sorted({emit.type for rule in self.rules for emit in rule.emits if emit.check is None and not emit.retired})
+
     def aggregates(self) -> list[tuple[str, str]]:
         """(namespace, aggregate type) of every event the rules can emit: the sink's topics."""
         return sorted({(emit.type.rsplit(".", 3)[0], emit.aggregate_type) for rule in self.rules for emit in rule.emits})

@@ -4,6 +4,7 @@ failed delivery never lets the source move past the change."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from datetime import datetime, timezone
@@ -338,3 +339,19 @@ def test_the_prior_row_store_is_pruned_to_the_older_of_acknowledged_and_the_repl
     pipeline._checkpoint()
     store.close()
     assert RecordingStore.bounds == [bound]
+
+
+def test_the_daemon_says_which_events_it_publishes_without_a_contract_check(tmp_path: Path,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    checked = Settings(mappings=[repo / "mappings" / "restaurant.yaml"], state={"path": str(tmp_path / "rows.db")})
+    with caplog.at_level("WARNING", logger="bridge.daemon"):
+        preflight(checked)
+    assert not [r for r in caplog.records if "without a contract check" in r.getMessage()]
+    (tmp_path / "alone").mkdir()
+    shutil.copy(repo / "mappings" / "restaurant.yaml", tmp_path / "alone" / "restaurant.yaml")  # no contracts/
+    unchecked = checked.model_copy(update={"mappings": [tmp_path / "alone" / "restaurant.yaml"]})
+    with caplog.at_level("WARNING", logger="bridge.daemon"):
+        mappings = preflight(unchecked)
+    [warning] = [r for r in caplog.records if "without a contract check" in r.getMessage()]
+    assert warning.event_types == mappings.event_types() and "restaurant.order.OrderPlaced.v1" in warning.event_types
