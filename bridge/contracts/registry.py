@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from bridge.contracts.models import build_checked_dict, build_model, fields_at, latest_revision, payload_checker
 from bridge.contracts.spec import ContractFileSpec, FieldSpec, MajorSpec
-from bridge.errors import ContractError
+from bridge.errors import ContractError, MappingError
 from bridge.mapping.spec import shape_problems
 from bridge.mapping.yaml_lines import YamlDocument, problem_line, read_yaml
 
@@ -63,12 +63,15 @@ class Major:
     def fields_at(self, revision: int) -> dict[str, FieldSpec]:
         return fields_at(self.spec.fields, revision)
 
+    @cached_property
+    def _models(self) -> dict[int, type[BaseModel]]:
+        return {}  # revision -> its model, compiled on first use
+
     def model(self, revision: int | None = None) -> type[BaseModel]:
         revision = self.revision if revision is None else revision
-        models = self.__dict__.setdefault("_models", {})
-        if revision not in models:
-            models[revision] = build_model(self.title, self.spec.fields, revision, self.spec.description)
-        return models[revision]
+        if revision not in self._models:
+            self._models[revision] = build_model(self.title, self.spec.fields, revision, self.spec.description)
+        return self._models[revision]
 
     @cached_property
     def checker(self) -> Callable[[Mapping[str, Any]], None]:
@@ -151,7 +154,7 @@ def check_contract_folder(folder: Path) -> tuple[ContractRegistry, list[str]]:
     for path in contract_files(folder):
         try:
             doc = read_yaml(path)
-        except Exception as exc:  # MappingError from read_yaml: re-labelled as a contract problem
+        except MappingError as exc:  # read_yaml's: file:line of the YAML problem, kept as a contract problem
             problems.append(str(exc))
             continue
         try:

@@ -27,17 +27,17 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from bridge.mapping.spec import _pattern  # the same checked-name validator as mapping files
+from bridge.mapping.spec import AggregateType, name_pattern  # the name checks of mapping files
 
 FieldType = Literal["string", "integer", "number", "decimal", "boolean", "timestamp", "date", "uuid", "json",
                     "enum", "list", "object"]
 SCALAR_TYPES = ("string", "integer", "number", "decimal", "boolean", "timestamp", "date", "uuid", "json")
 
 
-ContractType = Annotated[str, _pattern(
+ContractType = Annotated[str, name_pattern(
     r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*\.[A-Z][A-Za-z0-9]*",
     "'<namespace>.<aggregate>.<EventName>' like 'restaurant.order.OrderPlaced' (no .v<major>: majors go under 'majors')")]
-FieldName = Annotated[str, _pattern(r"[A-Za-z_][A-Za-z0-9_]*", "a field name like 'orderId'")]
+FieldName = Annotated[str, name_pattern(r"[A-Za-z_][A-Za-z0-9_]*", "a field name like 'orderId'")]
 
 
 class _Strict(BaseModel):
@@ -115,7 +115,7 @@ class MajorSpec(_Strict):
 
 class ContractFileSpec(_Strict):
     type: ContractType
-    aggregate: Annotated[str, _pattern(r"[a-z][a-z0-9_]*", "a lowercase aggregate type like 'order'")]
+    aggregate: AggregateType
     description: Annotated[str, Field(min_length=1)]
     majors: dict[Annotated[int, Field(ge=1)], MajorSpec] = Field(min_length=1)
 

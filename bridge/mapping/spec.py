@@ -57,7 +57,7 @@ OpLetter = Literal["r", "c", "u", "d", "t"]
 ErrorPolicy = Literal["dead_letter", "stop"]
 
 
-def _pattern(regex: str, expected: str) -> AfterValidator:
+def name_pattern(regex: str, expected: str) -> AfterValidator:
     compiled = re.compile(regex)
 
     def check(value: str) -> str:
@@ -72,12 +72,12 @@ def _as_list(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
-RuleId = Annotated[str, _pattern(r"[a-z][a-z0-9_]*([.-][a-z0-9_]+)*", "a lowercase id like 'orders.placed'")]
-EventName = Annotated[str, _pattern(r"[A-Z][A-Za-z0-9]*", "an event name in CamelCase like 'OrderPlaced'")]
-AggregateType = Annotated[str, _pattern(r"[a-z][a-z0-9_]*", "a lowercase aggregate type like 'order'")]
-Namespace = Annotated[str, _pattern(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*", "a lowercase namespace like 'restaurant'")]
-SqlName = Annotated[str, _pattern(r"[A-Za-z_][A-Za-z0-9_$]*", "a table or column name")]
-TableRef = Annotated[str, _pattern(r"([A-Za-z_][A-Za-z0-9_$]*\.)?[A-Za-z_][A-Za-z0-9_$]*", "'table' or 'schema.table'")]
+RuleId = Annotated[str, name_pattern(r"[a-z][a-z0-9_]*([.-][a-z0-9_]+)*", "a lowercase id like 'orders.placed'")]
+EventName = Annotated[str, name_pattern(r"[A-Z][A-Za-z0-9]*", "an event name in CamelCase like 'OrderPlaced'")]
+AggregateType = Annotated[str, name_pattern(r"[a-z][a-z0-9_]*", "a lowercase aggregate type like 'order'")]
+Namespace = Annotated[str, name_pattern(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*", "a lowercase namespace like 'restaurant'")]
+SqlName = Annotated[str, name_pattern(r"[A-Za-z_][A-Za-z0-9_$]*", "a table or column name")]
+TableRef = Annotated[str, name_pattern(r"([A-Za-z_][A-Za-z0-9_$]*\.)?[A-Za-z_][A-Za-z0-9_$]*", "'table' or 'schema.table'")]
 Ops = Annotated[list[OpLetter], BeforeValidator(_as_list), Field(min_length=1)]
 
 
