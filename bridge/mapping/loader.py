@@ -107,7 +107,8 @@ def load_mappings(paths: Iterable[str | Path], *, known_schema: DeclaredTypes | 
                   retired: Iterable[str] = ()) -> CompiledMappings:
     """Load and compile mapping files (or directories of them); raises MappingError on the first problem.
 
-    ``retired``: event types with major whose emits are dropped (the end of a dual-publishing window).
+    ``retired``: event types with major whose emits are no longer published (the end of a dual-publishing
+    window; see :func:`retire_events`).
     """
     paths = list(paths)
     reports = check_files(paths, known_schema=known_schema)
