@@ -152,6 +152,27 @@ def to_json_value(value: Any, where: str = "") -> Any:
     raise TranslationError(f"{where or 'a value'}: cannot put a {type(value).__name__} into an event")
 
 
+def _json_default(value: Any) -> Any:
+    """What the C encoder cannot write itself (Decimal, datetime, UUID, bytes, ...), written as to_json_value
+    writes it; anything else (UNKNOWN, a set) is refused, and encode_data's slow path says where it is."""
+    if isinstance(value, (Decimal, datetime, date, time, uuid.UUID, bytes, bytearray, memoryview)):
+        return to_json_value(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError("not a JSON value")
+
+
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_json_default).encode
+
+
 def encode_data(data: Mapping[str, Any]) -> bytes:
-    return json.dumps(to_json_value(data, "data"), separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode()
+    """The canonical JSON of a payload: the bytes of ``json.dumps(to_json_value(data))``, written by the C
+    encoder in one pass (to_json_value's walk of every value in Python cost as much as translating the change:
+    bench/encode_data.py). Payloads are already plain (mapping.closures.publishable: str keys, lists, sets
+    sorted), so the two agree byte for byte; tests/unit/test_encode_data.py holds them to it."""
+    try:
+        return _ENCODE(data).encode()
+    except (TypeError, ValueError):
+        # The slow path raises what it always raised, naming where the value is (data.lines[0].price).
+        return json.dumps(to_json_value(data, "data"), separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False).encode()
