@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import random
 import uuid
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import datetime, time, timedelta, timezone
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
@@ -15,7 +15,7 @@ import pytest
 
 from bridge.changes import UNKNOWN
 from bridge.errors import TranslationError
-from bridge.events import encode_data, to_json_value
+from bridge.events import encode_data, format_time, to_json_value
 
 
 def reference(data: Any) -> bytes:
@@ -71,3 +71,22 @@ def test_a_value_that_cannot_be_published_fails_as_before_naming_where_it_is() -
         encode_data({"ratio": float("nan")})
     with pytest.raises(UnicodeEncodeError):
         encode_data({"text": "\ud800"})  # a lone surrogate is no UTF-8, as before
+
+
+def strftime_time(moment: datetime) -> str:
+    """format_time as it was written before: strftime, the reference."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_format_time_spells_every_moment_as_strftime_did() -> None:
+    rng = random.Random(7)
+    zones = [timezone.utc, timezone(timedelta(0)), timezone(timedelta(hours=2)), timezone(timedelta(hours=-9, minutes=-30))]
+    moments = [datetime(year, 6, 15, 3, 4, 5, micro, tzinfo=zone)
+               for year in (2, 999, 1000, 1970, 2024, 9998) for micro in (0, 7, 999999) for zone in zones]
+    moments += [datetime(1, 1, 1, tzinfo=timezone.utc), datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc)]
+    moments += [datetime(2000, 1, 1, tzinfo=rng.choice(zones)) + timedelta(microseconds=rng.getrandbits(50))
+                for _ in range(2000)]
+    for moment in moments:
+        assert format_time(moment) == strftime_time(moment), moment
+    with pytest.raises(ValueError, match="must be timezone-aware"):
+        format_time(datetime(2024, 1, 1))
