@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from bridge.contracts.models import nested_fields
 from bridge.contracts.registry import Contract
 from bridge.contracts.spec import TypeSpec
 
@@ -35,7 +36,7 @@ def _fields(fields: Mapping[str, TypeSpec], indent: str) -> list[str]:
             flags.append(f"since revision {since}")
         out.append(f"{indent}{name}: {type_text(spec)}" + (f"  [{', '.join(flags)}]" if flags else "")
                    + (f"  {spec.description}" if getattr(spec, "description", None) else ""))
-        nested = spec.fields or (spec.items.fields if spec.items is not None else None)
+        nested = nested_fields(spec)
         if nested:
             out += _fields(nested, indent + "  ")
     return out

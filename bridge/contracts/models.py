@@ -37,20 +37,27 @@ def fields_at(fields: Mapping[str, FieldSpec], revision: int) -> dict[str, Field
     return {name: spec for name, spec in fields.items() if spec.since <= revision}
 
 
+def revisions_used(fields: Mapping[str, FieldSpec]) -> set[int]:
+    """Every revision some field (nested ones included) was added in, and 0."""
+    used = {0}
+    for spec in fields.values():
+        used.add(spec.since)
+        nested = nested_fields(spec)
+        if nested:
+            used |= revisions_used(nested)
+    return used
+
+
 def latest_revision(fields: Mapping[str, FieldSpec]) -> int:
     """The highest `since` anywhere in the fields, nested ones included."""
-    latest = 0
-    for spec in fields.values():
-        latest = max(latest, spec.since, _nested_revision(spec))
-    return latest
+    return max(revisions_used(fields))
 
 
-def _nested_revision(spec: TypeSpec) -> int:
-    if spec.fields is not None:
-        return latest_revision(spec.fields)
-    if spec.items is not None:
-        return _nested_revision(spec.items)
-    return 0
+def nested_fields(spec: TypeSpec) -> Mapping[str, FieldSpec] | None:
+    """The fields of an object, or of the objects a list (of lists ...) holds; None for anything else."""
+    while spec.items is not None:
+        spec = spec.items
+    return spec.fields
 
 
 def build_model(title: str, fields: Mapping[str, FieldSpec], revision: int, description: str | None = None) -> type[BaseModel]:

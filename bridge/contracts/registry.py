@@ -15,7 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from bridge.contracts.models import build_checked_dict, build_model, fields_at, latest_revision, payload_checker
+from bridge.contracts.models import (build_checked_dict, build_model, fields_at, latest_revision, payload_checker,
+                                     revisions_used)
 from bridge.contracts.spec import ContractFileSpec, FieldSpec, MajorSpec
 from bridge.errors import ContractError, MappingError
 from bridge.mapping.spec import shape_problems
@@ -192,7 +193,7 @@ def _file_problems(contract: Contract, path: Path) -> list[str]:
                         f"{contract.name}.yaml (it is {path.name})")
     for number, major in contract.majors.items():
         where = ("majors", number)
-        revisions = _revisions_used(major.fields)
+        revisions = revisions_used(major.fields)
         missing = sorted(set(range(major.revision + 1)) - revisions)
         if missing:
             problems.append(f"{contract.line_of(*where, 'fields')}: major {number}: revisions must be contiguous: "
@@ -205,13 +206,3 @@ def _file_problems(contract: Contract, path: Path) -> list[str]:
                 problems.append(f"{contract.line_of(*where, 'examples', index)}: example for revision "
                                 f"{example.revision}, but major {number} only has revisions 0..{major.revision}")
     return problems
-
-
-def _revisions_used(fields: Mapping[str, FieldSpec]) -> set[int]:
-    used = {0}
-    for spec in fields.values():
-        used.add(spec.since)
-        nested = spec.fields or (spec.items.fields if spec.items is not None and spec.items.fields else None)
-        if nested:
-            used |= _revisions_used(nested)
-    return used

@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from bridge.changes import UNKNOWN, Op, RowChange, SourcePosition, Transaction
 from bridge.contracts.models import violation_text
-from bridge.contracts.registry import contracts_folder_of, load_contracts
+from bridge.contracts.registry import ContractRegistry, contracts_folder_of, load_contracts
 from bridge.errors import MappingError
 from bridge.events import to_json_value
 from bridge.mapping.compiled import CompiledMappings
@@ -191,6 +191,8 @@ def load_case_file(path: str | Path, cache: dict[Path, CompiledMappings] | None 
     if mapping not in cache:
         cache[mapping] = load_mappings([mapping])
     mappings = cache[mapping]
+    folder = contracts_folder_of(mapping)  # loaded once per case file, for the expected payloads
+    contracts = load_contracts(folder) if folder.is_dir() else None
     cases = []
     for index, case in enumerate(spec.cases):
         where = ("cases", index)
@@ -201,19 +203,17 @@ def load_case_file(path: str | Path, cache: dict[Path, CompiledMappings] | None 
             prior = None if case.prior_rows is None else tuple(_prior_row(p, mappings) for p in case.prior_rows)
         except (ValueError, TypeError, InvalidOperation) as exc:
             raise MappingError(_case_problem(doc, list(where), f"case '{case.name}': {exc}")) from None
-        _check_expected_against_contracts(doc, where, case, mapping)
+        if contracts is not None:
+            _check_expected_against_contracts(doc, where, case, contracts)
         cases.append(GoldenCase(str(path), doc.line_of(where), case.name, mapping, spec.source_id,
                                 transactions, prior, case.expect))
     return cases
 
 
-def _check_expected_against_contracts(doc: YamlDocument, where: tuple[Any, ...], case: CaseIn, mapping: Path) -> None:
+def _check_expected_against_contracts(doc: YamlDocument, where: tuple[Any, ...], case: CaseIn,
+                                      registry: ContractRegistry) -> None:
     """An expected event's payload must obey its contract too: a case cannot bless an event no consumer may
     receive. (Only payloads given whole: `data` of an event whose type has a contract.)"""
-    folder = contracts_folder_of(mapping)
-    if not folder.is_dir() or not any(e.data is not None for e in case.expect.events):
-        return
-    registry = load_contracts(folder)
     for index, event in enumerate(case.expect.events):
         major = registry.major(event.type) if event.data is not None else None
         if major is None:
