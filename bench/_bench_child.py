@@ -3,7 +3,9 @@
     passthrough: consume every record and produce it unchanged (same client settings as the bridge)
     bridge:      the real pipeline (decode, assemble transactions, translate, publish, commit)
 
-Prints one JSON line: seconds (start to last acknowledged delivery), max_rss_mb, and counts.
+Prints one JSON line: seconds (start to last acknowledged delivery), max_rss_mb, and counts; with
+--rss-every S also rss_mb_over_time, [seconds since start, VmRSS MB] every S seconds. --code DIR runs the
+bridge package found in DIR instead of this checkout's (another build, for an A/B).
 """
 
 from __future__ import annotations
@@ -65,15 +67,37 @@ def bridge(args: argparse.Namespace) -> dict:
             "events": stats.events, "dead_letters": stats.dead_letters, "unmatched": dict(stats.unmatched)}
 
 
+def sample_rss(every_s: float, samples: list[list[float]], stop: threading.Event) -> None:
+    """Append [seconds since start, VmRSS MB] every `every_s` until `stop` is set."""
+    started = time.monotonic()
+    status = Path("/proc/self/status")
+    while not stop.wait(every_s):
+        for line in status.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                samples.append([round(time.monotonic() - started, 1), round(int(line.split()[1]) / 1024, 1)])
+                break
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("kind", choices=["passthrough", "bridge"])
     for option in ("--bootstrap", "--group", "--prefix", "--topics", "--out", "--state"):
         parser.add_argument(option, required=True)
     parser.add_argument("--records", type=int, required=True)
+    parser.add_argument("--code", type=Path, help="a folder whose bridge/ package is run instead of this one's")
+    parser.add_argument("--rss-every", type=float, default=0.0)
     args = parser.parse_args()
+    if args.code is not None:
+        sys.path.insert(0, str(args.code))
+    samples: list[list[float]] = []
+    stop_sampling = threading.Event()
+    if args.rss_every > 0:
+        threading.Thread(target=sample_rss, args=(args.rss_every, samples, stop_sampling), daemon=True).start()
     result = passthrough(args) if args.kind == "passthrough" else bridge(args)
+    stop_sampling.set()
     result["max_rss_mb"] = peak_rss_mb()
+    if args.rss_every > 0:
+        result["rss_mb_over_time"] = samples
     print(json.dumps(result, default=str))
 
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO / "deploy" / "local"))
 
 import connectors  # noqa: E402
 from legacy_db.simulate import run_simulation  # noqa: E402
-from tests.support.databases import create_legacy_database  # noqa: E402
+from tests.support.databases import create_legacy_database, database_dsn  # noqa: E402
 from tests.support.local_stack import read_stack, run_stack  # noqa: E402
 
 TABLES = ("customers", "customer_addresses", "menu_items", "orders", "order_items")
@@ -37,31 +37,44 @@ def prepare(stack, changes: int) -> tuple[str, list[str], int]:
     """A fresh database, a connector, and at least `changes` row changes published by Debezium."""
     suffix = uuid.uuid4().hex[:6]
     database = f"bench_{suffix}"
-    dsn = create_legacy_database(stack.admin_dsn, database)
+    create_legacy_database(stack.admin_dsn, database)
     prefix = f"bench{suffix}"
     _, config = connectors.load_definition(REPO / "deploy/connectors/restaurant-postgres.json", {
         "database.hostname": "127.0.0.1", "database.port": str(stack.pg_port), "database.password": "",
         "database.dbname": database, "topic.prefix": prefix, "slot.name": f"bench_{suffix}",
         "publication.name": f"bench_{suffix}"})
     connectors.add(stack.connect_url, f"bench-{suffix}", config)
+    written = fill(stack, prefix, changes)
+    return prefix, topics_of(prefix), written
+
+
+def topics_of(prefix: str) -> list[str]:
+    return [f"{prefix}.public.{t}" for t in TABLES] + [f"{prefix}.transaction"]
+
+
+def fill(stack, prefix: str, changes: int) -> int:
+    """Write at least `changes` more row changes into the database behind `prefix` (its connector running)
+    and wait until Debezium has published every transaction's markers."""
+    dsn = database_dsn(stack.admin_dsn, f"bench_{prefix.removeprefix('bench')}")
+    markers_before = _end_offset_sum(stack.bootstrap_servers, [f"{prefix}.transaction"])
+    seed_base = 1000 + markers_before  # a grown backlog gets new seeds, not the first fill's again
     written = transactions = 0
     started = time.monotonic()
     while written < changes:
-        report = run_simulation(dsn, seed=1000 + transactions, count=2000, keep_transactions=False)
+        report = run_simulation(dsn, seed=seed_base + transactions, count=2000, keep_transactions=False)
         written += sum(report.row_changes.values())
         transactions += report.transaction_count
     print(f"simulator wrote {written} row changes in {transactions} transactions "
           f"({time.monotonic() - started:.0f}s); waiting for Debezium ...", flush=True)
-    topics = [f"{prefix}.public.{t}" for t in TABLES] + [f"{prefix}.transaction"]
     deadline = time.monotonic() + 1800
     while time.monotonic() < deadline:
         markers = _end_offset_sum(stack.bootstrap_servers, [f"{prefix}.transaction"])
-        if markers >= 2 * transactions:
+        if markers >= markers_before + 2 * transactions:
             break
         time.sleep(2)
-    total = _end_offset_sum(stack.bootstrap_servers, topics)
-    print(f"Debezium published {total} records ({markers} transaction markers)", flush=True)
-    return prefix, topics, written
+    total = _end_offset_sum(stack.bootstrap_servers, topics_of(prefix))
+    print(f"Debezium published {total} records ({markers} transaction markers) under prefix {prefix}", flush=True)
+    return written
 
 
 def _end_offset_sum(bootstrap: str, topics: list[str]) -> int:
@@ -76,12 +89,19 @@ def _end_offset_sum(bootstrap: str, topics: list[str]) -> int:
         consumer.close()
 
 
-def run_child(kind: str, stack, prefix: str, topics: list[str], records: int, tmp: Path) -> dict:
+def run_child(kind: str, stack, prefix: str, topics: list[str], records: int, tmp: Path,
+              base_code: Path | None = None, rss_every_s: float = 0.0) -> dict:
+    """One timed run in a fresh process and consumer group; kind 'base' is the bridge run from `base_code`."""
     group = f"{kind}-{uuid.uuid4().hex[:6]}"
     out = f"{prefix}-out-{kind}-{uuid.uuid4().hex[:4]}"
-    args = [sys.executable, str(REPO / "bench" / "_bench_child.py"), kind, "--bootstrap", stack.bootstrap_servers,
+    args = [sys.executable, str(REPO / "bench" / "_bench_child.py"), "passthrough" if kind == "passthrough" else "bridge",
+            "--bootstrap", stack.bootstrap_servers,
             "--group", group, "--prefix", prefix, "--topics", ",".join(topics), "--records", str(records),
-            "--out", out, "--state", str(tmp / f"{group}.sqlite")]
+            "--out", out, "--state", str(tmp / f"{group}.sqlite"), "--rss-every", str(rss_every_s)]
+    if kind == "base":
+        if base_code is None:
+            raise SystemExit("kind 'base' needs --base-code DIR (e.g. `git archive main bridge | tar -x -C DIR`)")
+        args += ["--code", str(base_code.resolve())]
     done = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=3600)
     if done.returncode != 0:
         raise RuntimeError(f"{kind} run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -96,7 +116,17 @@ def main() -> int:
     parser.add_argument("--kinds", default="passthrough,bridge",
                         help="which runs to make (e.g. just 'bridge' to measure memory at a large N)")
     parser.add_argument("--reuse-prefix", help="with --state: measure topics an earlier run filled (its topic prefix)")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="with --state: fill a new backlog of --changes row changes, print its prefix, stop")
+    parser.add_argument("--grow", metavar="PREFIX",
+                        help="with --state: add --changes more row changes to the backlog of PREFIX, then stop")
+    parser.add_argument("--base-code", type=Path,
+                        help="a folder holding another build's bridge/ package, run as kind 'base' (the A/B's before)")
+    parser.add_argument("--rss-every", type=float, default=0.0,
+                        help="sample each child's RSS every this many seconds (0: peak only)")
     args = parser.parse_args()
+    if (args.prepare_only or args.grow) and args.state is None:
+        parser.error("--prepare-only and --grow keep the backlog on a running stack: give --state")
     state = args.state or REPO / ".state" / f"bench-{uuid.uuid4().hex[:6]}"
     own_stack = args.state is None
     if own_stack:
@@ -104,10 +134,17 @@ def main() -> int:
         run_stack(state, "up")
     try:
         stack = read_stack(state)
+        if args.grow:
+            fill(stack, args.grow, args.changes)
+            return 0
+        if args.prepare_only:
+            prefix, _, _ = prepare(stack, args.changes)
+            print(f"backlog ready: --reuse-prefix {prefix}")
+            return 0
         if args.reuse_prefix:
             prefix = args.reuse_prefix
-            topics = [f"{prefix}.public.{t}" for t in TABLES] + [f"{prefix}.transaction"]
-            changes = 0  # the bridge's own count is used
+            topics = topics_of(prefix)
+            changes = 0  # the first bridge run's count is the figure every later run must match
         else:
             prefix, topics, changes = prepare(stack, args.changes)
         records = _end_offset_sum(stack.bootstrap_servers, topics)
@@ -115,8 +152,10 @@ def main() -> int:
         results: dict[str, list[dict]] = {kind: [] for kind in kinds}
         for run in range(args.runs):
             for kind in kinds:
-                result = run_child(kind, stack, prefix, topics, records, state)
-                if kind == "bridge" and changes and result["changes"] != changes:
+                result = run_child(kind, stack, prefix, topics, records, state, args.base_code, args.rss_every)
+                if kind != "passthrough" and not changes and args.reuse_prefix:
+                    changes = result["changes"]
+                if kind != "passthrough" and changes and result["changes"] != changes:
                     raise RuntimeError(f"the bridge handled {result['changes']} of {changes} row changes: "
                                        "a run that stops early measures nothing")
                 results[kind].append(result)
@@ -135,23 +174,21 @@ def main() -> int:
 
 
 def summarize(results: dict[str, list[dict]], records: int, changes: int) -> dict:
+    """Medians per kind; for each bridge kind ('bridge', 'base') its throughput over the passthrough's."""
     median = {kind: statistics.median(r["seconds"] for r in runs) for kind, runs in results.items()}
-    if "passthrough" not in median or "bridge" not in median:
-        return {"records_on_kafka": records, "row_changes": changes,
-                **{f"{k}_seconds": round(v, 2) for k, v in median.items()},
-                **{f"{k}_peak_rss_mb": round(max(r["max_rss_mb"] for r in rs), 1) for k, rs in results.items()}}
-    changes = results["bridge"][-1].get("changes") or changes  # as the bridge counted them (no tombstones)
-    return {
-        "records_on_kafka": records,
-        "row_changes": changes,
-        "passthrough_records_per_s": round(records / median["passthrough"]),
-        "bridge_records_per_s": round(records / median["bridge"]),
-        "bridge_changes_per_s": round(changes / median["bridge"]),
-        "bridge_over_passthrough_time": round(median["bridge"] / median["passthrough"], 3),
-        "bridge_peak_rss_mb": round(max(r["max_rss_mb"] for r in results["bridge"]), 1),
-        "passthrough_peak_rss_mb": round(max(r["max_rss_mb"] for r in results["passthrough"]), 1),
-        "events_published": results["bridge"][-1].get("events"),
-    }
+    counted = next((runs[-1] for kind, runs in results.items() if kind != "passthrough" and runs), {})
+    changes = counted.get("changes") or changes  # as the bridge counted them (no tombstones)
+    summary: dict = {"records_on_kafka": records, "row_changes": changes, "events_published": counted.get("events")}
+    for kind, runs in results.items():
+        summary[f"{kind}_seconds"] = round(median[kind], 2)
+        summary[f"{kind}_records_per_s"] = round(records / median[kind])
+        summary[f"{kind}_peak_rss_mb"] = round(max(r["max_rss_mb"] for r in runs), 1)
+        if kind != "passthrough":
+            summary[f"{kind}_changes_per_s"] = round(changes / median[kind])
+            if "passthrough" in median:
+                summary[f"{kind}_over_passthrough_time"] = round(median[kind] / median["passthrough"], 3)
+                summary[f"{kind}_throughput_vs_passthrough"] = round(median["passthrough"] / median[kind], 3)
+    return summary
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ from bridge.errors import ChangeError
 from bridge.sources.debezium.records import ChangeRecord, DecodedRecord, TransactionMarker
 
 RecordRef = tuple[Hashable, int]  # (topic partition, offset)
+# What head_missing names when no END waits: the next transaction to release needs its END marker first.
+END_MARKER = "<END marker>"
 
 
 class TransactionIncomplete(ChangeError):
@@ -162,6 +164,21 @@ class TransactionAssembler:
 
     def open_transactions(self) -> int:
         return len(self._pending)
+
+    def head_missing(self) -> frozenset[str] | None:
+        """What the transaction next in commit order still lacks: {END_MARKER} while no END waits, else
+        the data collections ("schema.table") whose rows its END counts and which have not all arrived;
+        None when its END's counts cannot tell (they do not add up to its event count)."""
+        if not self._end_order:
+            return frozenset((END_MARKER,))
+        head = self._pending[next(iter(self._end_order))]
+        assert head.end is not None
+        counts = head.end.per_table_counts
+        if not counts or sum(counts.values()) != head.end.event_count:
+            return None
+        have = Counter(record.data_collection for record, _ref in head.rows.values())
+        missing = frozenset(collection for collection, count in counts.items() if have[collection] < count)
+        return missing or None  # incomplete, yet every table counted arrived: rows sit under other names
 
 
 def _complete(pending: _Pending) -> bool:

@@ -45,3 +45,8 @@ class OffsetTracker:
 
     def pending_count(self) -> int:
         return sum(len(queue) for queue in self._pending.values())
+
+    def ahead(self, partition: Hashable) -> int:
+        """Records of `partition` read since its oldest one not yet done (done or not): its read-ahead."""
+        queue = self._pending.get(partition)
+        return len(queue) if queue else 0

@@ -29,6 +29,7 @@ from bridge.settings import DebeziumSource
 from bridge.sources.debezium.join_watch import JoinWatch
 from bridge.sources.debezium.lenient import transaction_place
 from bridge.sources.debezium.offsets import OffsetTracker
+from bridge.sources.debezium.read_ahead import ReadAhead
 from bridge.sources.debezium.records import (
     ChangeRecord,
     DecodeOptions,
@@ -37,7 +38,13 @@ from bridge.sources.debezium.records import (
     TransactionMarker,
     decode_record,
 )
-from bridge.sources.transactions import AssembledTransaction, RecordRef, TransactionAssembler, TransactionPlace
+from bridge.sources.transactions import (
+    END_MARKER,
+    AssembledTransaction,
+    RecordRef,
+    TransactionAssembler,
+    TransactionPlace,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +75,10 @@ class DebeziumKafkaSource:
         self._settings = settings
         self._topics = sorted({f"{settings.topic_prefix}.{settings.schema_name}.{t}" for t in tables}
                               | {settings.resolved_transaction_topic()})
+        # What each topic's records count under in an END marker, for the read-ahead bound.
+        self._collections = {topic: topic[len(settings.topic_prefix) + 1:] for topic in self._topics}
+        self._collections[settings.resolved_transaction_topic()] = END_MARKER
+        self._read_ahead = ReadAhead()
         self._options = DecodeOptions(
             declared=declared_types or {},
             decimal_mode=settings.decimal_handling_mode,
@@ -121,7 +132,24 @@ class DebeziumKafkaSource:
             for record in records:
                 units.extend(self._take(tp, record, now))
         self._session.assembler.check_stalled(now)
+        self._bound_read_ahead()
         return units
+
+    def _bound_read_ahead(self) -> None:
+        """Pause partitions read far ahead of the transaction next in commit order, resume them when it
+        catches up (see read_ahead.py): without it a backlog's fast topics fill memory."""
+        consumer = self._consumer
+        assigned = consumer.assignment()
+        if not assigned:
+            return
+        tracker = self._session.tracker
+        missing = self._session.assembler.head_missing()
+        needed = None if missing is None else {tp for tp in assigned if self._collections.get(tp.topic) in missing}
+        decision = self._read_ahead.decide({tp: tracker.ahead(tp) for tp in assigned}, needed, consumer.paused())
+        if decision.pause:
+            consumer.pause(*decision.pause)
+        if decision.resume:
+            consumer.resume(*decision.resume)
 
     def _retry_lost_join(self, now: float) -> None:
         """Ask for a new group join when kafka-python lost the end of one (see join_watch.py)."""
