@@ -4,7 +4,6 @@ transaction next in commit order nor lose or reorder anything."""
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from types import SimpleNamespace
 
@@ -16,6 +15,7 @@ from bridge.sources.debezium.read_ahead import ReadAhead
 from bridge.sources.debezium.records import DecodeOptions, TransactionMarker
 from bridge.sources.debezium.source import DebeziumKafkaSource, _Session
 from bridge.sources.transactions import END_MARKER, TransactionAssembler
+from tests.support.debezium_backlog import DECLARED, backlog, partitions
 
 A, B, C = "a", "b", "c"
 
@@ -76,43 +76,7 @@ def test_the_head_needs_every_partition_when_its_end_counts_do_not_add_up() -> N
 # --- the source on a skewed backlog -------------------------------------------------------------------
 
 PREFIX = "legacy"
-TX = TopicPartition(f"{PREFIX}.transaction", 0)
-CUSTOMERS = TopicPartition(f"{PREFIX}.public.customers", 0)
-ITEMS = TopicPartition(f"{PREFIX}.public.order_items", 0)
-
-
-def _row(table: str, xid: int, order: int, offset: int) -> SimpleNamespace:
-    value = {"before": None, "after": {"id": offset}, "op": "c", "ts_ms": 1700000000001,
-             "source": {"version": "3.6.1.Final", "connector": "postgresql", "name": PREFIX, "ts_ms": 1700000000000,
-                        "snapshot": "false", "db": "restaurant", "sequence": '[null,"100"]', "schema": "public",
-                        "table": table, "txId": xid, "lsn": 100 * xid + order, "xmin": None},
-             "transaction": {"id": f"{xid}:{100 * xid}", "total_order": order, "data_collection_order": order}}
-    return SimpleNamespace(offset=offset, key=json.dumps({"id": offset}).encode(), value=json.dumps(value).encode(),
-                           headers=[])
-
-
-def _end(xid: int, per_table: dict[str, int], offset: int) -> SimpleNamespace:
-    value = {"status": "END", "id": f"{xid}:{100 * xid}", "ts_ms": 1700000000000, "event_count": sum(per_table.values()),
-             "data_collections": [{"data_collection": name, "event_count": n} for name, n in per_table.items()]}
-    return SimpleNamespace(offset=offset, key=json.dumps({"id": f"{xid}:{100 * xid}"}).encode(),
-                           value=json.dumps(value).encode(), headers=[])
-
-
-def _backlog(transactions: int) -> dict[TopicPartition, list[SimpleNamespace]]:
-    """Every 10th transaction adds a customer; each adds 3 order items: customers runs far ahead."""
-    logs: dict[TopicPartition, list[SimpleNamespace]] = {TX: [], CUSTOMERS: [], ITEMS: []}
-    for xid in range(1, transactions + 1):
-        per_table, order = {}, 0
-        if xid % 10 == 0:
-            order += 1
-            logs[CUSTOMERS].append(_row("customers", xid, order, len(logs[CUSTOMERS])))
-            per_table["public.customers"] = 1
-        for _ in range(3):
-            order += 1
-            logs[ITEMS].append(_row("order_items", xid, order, len(logs[ITEMS])))
-        per_table["public.order_items"] = 3
-        logs[TX].append(_end(xid, per_table, len(logs[TX])))
-    return logs
+TX, CUSTOMERS, ITEMS = partitions(PREFIX)
 
 
 class BacklogConsumer:
@@ -152,7 +116,7 @@ def _source(consumer: BacklogConsumer, limit: int | None) -> DebeziumKafkaSource
     source = object.__new__(DebeziumKafkaSource)  # no Kafka: the consumer above stands in for the broker
     settings = DebeziumSource(topic_prefix=PREFIX)
     source._settings = settings
-    source._options = DecodeOptions(declared={"customers": {"id": "bigint"}, "order_items": {"id": "bigint"}})
+    source._options = DecodeOptions(declared=DECLARED)
     source._session = _Session(60)
     source._owned = set(consumer.logs)
     source._last_safe = None
@@ -180,7 +144,7 @@ def _drain(source: DebeziumKafkaSource, consumer: BacklogConsumer) -> tuple[list
 
 
 def test_a_skewed_backlog_is_read_within_the_bound_in_commit_order_and_complete() -> None:
-    logs = _backlog(3000)
+    logs = backlog(PREFIX, 3000)
     consumer = BacklogConsumer(logs, fetch=100)
     source = _source(consumer, limit=400)
     xids, most_ahead = _drain(source, consumer)
@@ -192,7 +156,7 @@ def test_a_skewed_backlog_is_read_within_the_bound_in_commit_order_and_complete(
 def test_without_the_bound_the_fast_topic_is_read_to_its_end() -> None:
     """The growth the bound prevents: the customers topic (one row per 10 transactions) is read whole
     while the order items of its transactions are still to come."""
-    logs = _backlog(3000)
+    logs = backlog(PREFIX, 3000)
     consumer = BacklogConsumer(logs, fetch=100)
     _xids, most_ahead = _drain(_source(consumer, limit=None), consumer)
     assert most_ahead >= len(logs[CUSTOMERS])

@@ -120,6 +120,7 @@ class DebeziumKafkaSource:
         return list(self._topics)
 
     def poll(self, timeout_s: float) -> list[SourceUnit]:
+        _unpark_resumed(self._consumer)
         try:
             batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=self._settings.poll_max_records)
         except KafkaError as exc:
@@ -304,6 +305,21 @@ class _Released:
     def transaction(self) -> Transaction:
         assert self.item is not None, "only released transactions are kept in Session.released"
         return self.item.transaction
+
+
+def _unpark_resumed(consumer: Any) -> None:
+    """Work around kafka-python 3.0.12 starving a resumed partition for good.
+
+    When a partition is paused while part of its fetched records are in line, the fetcher parks them
+    (`_paused_partition_records`) and fetches nothing more for it until they are handed back. It hands them
+    back only while `_next_partition_records is None`, but once the first batch has been read that slot
+    holds a drained, falsy PartitionRecords instead of None, so the resumed partition is never read again
+    (tests/integration/test_debezium_read_ahead.py stalls without this). A drained slot and None mean the
+    same to the fetcher everywhere else, so the slot is emptied while records are parked.
+    """
+    fetcher = getattr(consumer, "_fetcher", None)
+    if fetcher is not None and fetcher._paused_partition_records and not fetcher._next_partition_records:
+        fetcher._next_partition_records = None
 
 
 def _place_of(decoded: ChangeRecord) -> TransactionPlace | None:
