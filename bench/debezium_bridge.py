@@ -160,7 +160,7 @@ def main() -> int:
                                        "a run that stops early measures nothing")
                 results[kind].append(result)
                 print(f"run {run + 1} {kind:<11} {result['seconds']:7.2f}s  {records / result['seconds']:9.0f} records/s"
-                      f"  peak RSS {result['max_rss_mb']:.0f} MB  {result.get('events', '')}", flush=True)
+                      f"  cpu {result.get('cpu_seconds', '?')}s  peak RSS {result['max_rss_mb']:.0f} MB  {result.get('events', '')}", flush=True)
         summary = summarize(results, records, changes)
         print(json.dumps(summary, indent=2))
         out_dir = REPO / "bench" / "results"
@@ -183,6 +183,8 @@ def summarize(results: dict[str, list[dict]], records: int, changes: int) -> dic
         summary[f"{kind}_seconds"] = round(median[kind], 2)
         summary[f"{kind}_records_per_s"] = round(records / median[kind])
         summary[f"{kind}_peak_rss_mb"] = round(max(r["max_rss_mb"] for r in runs), 1)
+        if all("cpu_seconds" in r for r in runs):
+            summary[f"{kind}_cpu_seconds"] = round(statistics.median(r["cpu_seconds"] for r in runs), 1)
         if kind != "passthrough":
             summary[f"{kind}_changes_per_s"] = round(changes / median[kind])
             if "passthrough" in median:
