@@ -136,7 +136,12 @@ def _table_list() -> str:
     return ", ".join(f"public.{table}" for table in MAPPINGS.tables())
 
 
-def prepare_workload(stack: Stack, changes: int) -> Workload:
+#: About how many row changes one transaction of each traffic mix writes (legacy_db.planner.MIXES): sizes
+#: the simulator's batches so that the last one overshoots N only a little.
+CHANGES_PER_TRANSACTION = {"restaurant": 1.3, "checkouts": 32.0}
+
+
+def prepare_workload(stack: Stack, changes: int, mix: str = "restaurant") -> Workload:
     """A fresh legacy database; publications and the origin slot first, then >= `changes` row changes."""
     suffix = uuid.uuid4().hex[:6]
     database = f"pgbench_{suffix}"
@@ -150,9 +155,8 @@ def prepare_workload(stack: Stack, changes: int) -> Workload:
     started = time.monotonic()
     batch = 0
     while work.simulated_changes < changes:
-        # about 1.3 row changes per transaction: a last batch sized to overshoot N only a little
-        count = max(200, min(5000, (changes - work.simulated_changes) * 4 // 5))
-        report = run_simulation(dsn, seed=1000 + batch, count=count, keep_transactions=False)
+        count = max(10, min(5000, int((changes - work.simulated_changes) / CHANGES_PER_TRANSACTION[mix])))
+        report = run_simulation(dsn, seed=1000 + batch, count=count, keep_transactions=False, mix=mix)
         work.simulated_changes += sum(report.row_changes.values())
         work.transactions += report.transaction_count
         batch += 1
@@ -184,13 +188,19 @@ def debezium_properties(stack: Stack, work: Workload, slot: str) -> dict[str, st
             "offset.flush.interval.ms": "1000"}
 
 
-def run_child(spec: dict[str, Any], folder: Path, *, wait: bool = True) -> dict[str, Any] | subprocess.Popen:
-    """Run one consumer in a fresh process, in its own scratch folder (the JVM writes logs/ there)."""
+def run_child(spec: dict[str, Any], folder: Path, *, wait: bool = True,
+              py_spy: Path | None = None) -> dict[str, Any] | subprocess.Popen:
+    """Run one consumer in a fresh process, in its own scratch folder (the JVM writes logs/ there);
+    under `py-spy record` (collapsed stacks per thread into `py_spy`) when asked."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "spec.json").write_text(json.dumps(spec, default=str))
     log = (folder / "output.log").open("w")
-    child = subprocess.Popen([sys.executable, str(CHILD), str(folder / "spec.json"), str(folder / "result.json")],
-                             cwd=folder, stdout=log, stderr=subprocess.STDOUT)
+    command = [sys.executable, str(CHILD), str(folder / "spec.json"), str(folder / "result.json")]
+    if py_spy is not None:
+        spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
+        command = [spy, "record", "--nonblocking", "--threads", "--rate", "200", "--format", "raw",
+                   "-o", str(py_spy), "--", *command]
+    child = subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
     log.close()
     if not wait:
         return child
@@ -243,7 +253,8 @@ def output_topics(out_prefix: str) -> list[str]:
 
 
 def run_consumer(kind: str, stack: Stack, work: Workload, folder: Path, run: int,
-                 profile_dir: Path | None = None, debezium_handler: str = "text") -> dict[str, Any]:
+                 profile_dir: Path | None = None, debezium_handler: str = "text",
+                 py_spy_dir: Path | None = None) -> dict[str, Any]:
     tag = f"{work.origin_slot}_r{run}_{kind.replace('-', '_')}"
     if kind == "server":
         return run_child({"kind": "server", "dsn": work.dsn, "slot": work.origin_slot,
@@ -258,8 +269,9 @@ def run_consumer(kind: str, stack: Stack, work: Workload, folder: Path, run: int
         out = f"{tag}.out"
         profile = profile_dir / f"pgoutput_bridge-{kind}-run{run}.prof" if profile_dir else None
         mappings = None if checked else unchecked_mappings(folder)
+        py_spy = py_spy_dir / f"pgoutput_bridge-{kind}-run{run}.py-spy.txt" if py_spy_dir else None
         result = run_child(bridge_spec(stack, work.dsn, slot, work.bridge_publication, sink, folder / tag, out,
-                                       profile=profile, mappings=mappings), folder / tag)
+                                       profile=profile, mappings=mappings), folder / tag, py_spy=py_spy)
         if result["changes"] != work.changes:
             raise RuntimeError(f"{kind} handled {result['changes']} of {work.changes} row changes: "
                                "a run that stops early measures nothing")
@@ -277,7 +289,7 @@ def run_consumer(kind: str, stack: Stack, work: Workload, folder: Path, run: int
 
 
 def throughput(stack: Stack, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    work = prepare_workload(stack, args.changes)
+    work = prepare_workload(stack, args.changes, args.workload)
     try:
         reference = run_child({"kind": "server", "dsn": work.dsn, "slot": work.origin_slot,
                                "publication": work.bridge_publication}, folder / "count")
@@ -297,14 +309,15 @@ def throughput(stack: Stack, args: argparse.Namespace, folder: Path) -> dict[str
             for kind in order:
                 result = run_consumer(kind, stack, work, folder, run,
                                       profile_dir=args.results if args.profile else None,
-                                      debezium_handler=args.debezium_handler)
+                                      debezium_handler=args.debezium_handler,
+                                      py_spy_dir=args.results if args.py_spy else None)
                 runs[kind].append(result)
                 extra = (f"  {result['events']} events, checkpoint median {result['checkpoint_ms_median']} ms "
                          f"max {result['checkpoint_ms_max']} ms" if "events" in result else "")
                 print(f"run {run + 1} {kind:<16} drain {result['drain_seconds']:7.2f}s "
                       f"{work.changes / result['drain_seconds']:9.0f} changes/s  (from start {result['seconds']:6.2f}s)"
                       f"  peak RSS {result['max_rss_mb']:6.0f} MB{extra}", flush=True)
-        return {"workload": {"row_changes": work.changes, "transactions": work.transactions,
+        return {"workload": {"mix": args.workload, "row_changes": work.changes, "transactions": work.transactions,
                              "simulator_seconds": round(work.simulator_seconds, 1)},
                 "summary": summarize_throughput(runs, work.changes), "runs": runs}
     finally:
@@ -516,6 +529,9 @@ def memory(stack: Stack, args: argparse.Namespace, folder: Path) -> dict[str, An
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--changes", type=int, default=100_000, help="row changes in the WAL (throughput)")
+    parser.add_argument("--workload", choices=("restaurant", "checkouts"), default="restaurant",
+                        help="throughput: the simulator's traffic mix: the restaurant's small transactions "
+                             "(default), or checkouts (orders of 10-50 lines in one transaction each)")
     parser.add_argument("--runs", type=int, default=3, help="runs of each consumer (throughput, latency)")
     parser.add_argument("--modes", default="throughput,latency", help="any of throughput, latency, memory")
     parser.add_argument("--consumers", default=",".join(CONSUMERS), help=f"throughput runs, of {', '.join(CONSUMERS)}")
@@ -535,6 +551,9 @@ def main() -> int:
                         help="throughput: run every bridge consumer also without contracts (a copy of mappings/ "
                              "without contracts/), interleaved, and report the on/off ratio")
     parser.add_argument("--profile", action="store_true", help="cProfile each bridge run into bench/results/*.prof")
+    parser.add_argument("--py-spy", action="store_true",
+                        help="run each bridge under `py-spy record` (sampling, per thread) into bench/results/"
+                             "*.py-spy.txt; summarize with bench/_profile_summary.py (needs py-spy in the venv)")
     parser.add_argument("--state", type=Path, help="use the running stack (postgres, kafka) under this state dir")
     args = parser.parse_args()
     args.results = REPO / "bench" / "results"
