@@ -107,8 +107,8 @@ class RelationMismatch(PgOutputDecodeError):
 class RelationPlan:
     """One table's column decoders, key and identity columns, computed once per Relation message."""
 
-    __slots__ = ("converters", "expected", "identity", "key_indexes", "names", "qualified", "relation", "schema",
-                 "table")
+    __slots__ = ("converters", "expected", "identity", "key_indexes", "key_names", "names", "qualified", "relation",
+                 "schema", "table")
 
     def __init__(self, relation: Relation, user_types: Mapping[int, UserType],
                  primary_keys: Mapping[str, Sequence[str]] | None, lsn: int) -> None:
@@ -124,6 +124,7 @@ class RelationPlan:
                                 if decoder.decode is not None)
         self.identity = frozenset(c.name for c in relation.columns if c.is_identity)
         self.key_indexes = self._key_indexes(primary_keys, lsn)
+        self.key_names = None if self.key_indexes is None else tuple(self.names[i] for i in self.key_indexes)
 
     def _key_indexes(self, primary_keys: Mapping[str, Sequence[str]] | None, lsn: int) -> tuple[int, ...] | None:
         identity = self.relation.replica_identity
@@ -178,10 +179,13 @@ class RelationPlan:
         raise AssertionError("a converter failed once but not twice")
 
     def key(self, row: Mapping[str, Any]) -> dict[str, Any] | None:
-        if self.key_indexes is None:
+        names = self.key_names
+        if names is None:
             return None
-        names = self.names
-        return {names[i]: row[names[i]] for i in self.key_indexes}
+        if len(names) == 1:  # (most tables: no comprehension to set up)
+            name = names[0]
+            return {name: row[name]}
+        return {name: row[name] for name in names}
 
     def identity_image(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """A 'K' tuple as a before image: the identity columns, every other column UNKNOWN."""
