@@ -8,11 +8,13 @@ output. The source is built as bridge.daemon builds it (spill policy, mapping co
 file), then polled as the pipeline polls it (poll(0.2)); every unit is marked done at once and the source
 committed every pipeline.commit_interval_s (1 s, as the pipeline's checkpoint does), so positions flow as they
 would, but nothing is translated or published. RESULT.json receives seconds (from the
-source constructed to the N-th change handed out), the counts and the bridge package's location.
+source constructed to the N-th change handed out), the counts and the bridge package's location; with `digest`
+also a SHA-256 of every field of every transaction and change handed out, value types included (an untimed run).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -22,6 +24,18 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 TIMEOUT_S = 1800
 COMMIT_INTERVAL_S = 1.0  # pipeline.commit_interval_s' default
+
+
+def add_to_digest(digest: Any, unit: Any) -> None:
+    """Every field of the unit's transaction and changes, with every value's type (1 == 1.0 == True in Python)."""
+    tx = unit.transaction
+    digest.update(repr((tx.xid, tx.commit_lsn, tx.commit_time, tx.snapshot, unit.heartbeat, dict(unit.stopped_rules),
+                        tx.newest_position())).encode())
+    for c in tx.changes:
+        rows = [None if row is None else [(k, type(v).__name__, repr(v)) for k, v in row.items()]
+                for row in (c.key, c.before, c.after, c.old_key)]
+        digest.update(repr((c.op, c.schema, c.table, rows, c.position, c.commit_time, c.xid, c.message,
+                            c.source_ref)).encode())
 
 
 def drain(spec: dict[str, Any]) -> dict[str, Any]:
@@ -44,6 +58,7 @@ def drain(spec: dict[str, Any]) -> dict[str, Any]:
                                   contract=MappingContract.of(mappings),
                                   acknowledged_path=scratch / "acknowledged.json", spill=spill)
     wanted = spec["changes"]
+    digest = hashlib.sha256() if spec.get("digest") else None
     changes = transactions = polls = 0
     profiler = None
     if spec.get("profile"):
@@ -63,6 +78,8 @@ def drain(spec: dict[str, Any]) -> dict[str, Any]:
                 if not unit.heartbeat:
                     transactions += 1
                     changes += len(unit.transaction.changes)
+                    if digest is not None:
+                        add_to_digest(digest, unit)
                 source.done(unit)
             now = time.monotonic()
             if now - last_commit >= COMMIT_INTERVAL_S:
@@ -77,6 +94,7 @@ def drain(spec: dict[str, Any]) -> dict[str, Any]:
     sys.path.insert(0, str(BENCH))
     from _peak_rss import peak_rss_mb
     return {"seconds": seconds, "changes": changes, "transactions": transactions, "polls": polls,
+            "digest": digest.hexdigest() if digest is not None else None,
             "bridge": str(Path(bridge.__file__).resolve().parent), "max_rss_mb": peak_rss_mb()}
 
 

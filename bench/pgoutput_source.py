@@ -26,6 +26,8 @@ the end), or uses a running one (--state DIR).
 - **Order.** Each run does the server, then every build; the builds' order is reversed every other run, so
   none always goes first. Reported: medians over --runs of changes/s, each build's ratio to the server's
   median and to the first build's.
+- --check-identical: one extra untimed run per build, hashing every field of every transaction and change it
+  hands out (value types included); the builds must agree.
 - --profile / --py-spy: one extra run per build under cProfile (in the child) or `py-spy record` (200 Hz,
   raw collapsed stacks), not in the medians; files in bench/results/, read with bench/_profile_summary.py.
 
@@ -116,11 +118,11 @@ def server(work: dict[str, Any], slot: str) -> dict[str, Any]:
 
 
 def run_build(work: dict[str, Any], tree: Path, slot: str, folder: Path, *, profile: Path | None = None,
-              py_spy: Path | None = None) -> dict[str, Any]:
+              py_spy: Path | None = None, digest: bool = False) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     spec = {"tree": str(tree), "dsn": work["dsn"], "slot": slot, "publication": work["publication"],
             "mappings": str(MAPPINGS_FILE), "changes": work["changes"], "scratch": str(folder),
-            "spill_changes": SPILL_CHANGES, "profile": str(profile) if profile else None}
+            "spill_changes": SPILL_CHANGES, "profile": str(profile) if profile else None, "digest": digest}
     (folder / "spec.json").write_text(json.dumps(spec))
     command = [sys.executable, str(CHILD), str(folder / "spec.json"), str(folder / "result.json")]
     if py_spy is not None:
@@ -195,6 +197,17 @@ def bench(admin_dsn: str, args: argparse.Namespace, scratch: Path) -> dict[str, 
             line = "  ".join(f"{kind} {work['changes'] / results[-1]['seconds']:9.0f}/s"
                              for kind, results in runs.items())
             print(f"run {run + 1}: {line}  (load {os.getloadavg()[0]:.1f})", flush=True)
+        digests = {}
+        if args.check_identical:  # untimed: every build must hand out exactly the same transactions and changes
+            for label, tree in builds:
+                slot = copy_slot(work, f"{work['origin']}_digest_{label}")
+                try:
+                    digests[label] = run_build(work, tree, slot, scratch / slot, digest=True)["digest"]
+                finally:
+                    drop_slot(work, slot)
+                print(f"{label}: digest of every change handed out {digests[label]}", flush=True)
+            if len(set(digests.values())) != 1:
+                raise RuntimeError(f"the builds handed out different changes: {digests}")
         profiles = {}
         stamp = time.strftime("%Y%m%dT%H%M%S")
         for how in [h for h, wanted in (("cprofile", args.profile), ("py-spy", args.py_spy)) if wanted]:
@@ -213,7 +226,7 @@ def bench(admin_dsn: str, args: argparse.Namespace, scratch: Path) -> dict[str, 
         return {"workload": {"row_changes": work["changes"], "transactions": work["transactions"],
                              "messages": count["messages"]},
                 "builds": {label: str(tree) for label, tree in builds},
-                "summary": summarize(runs, work["changes"], builds) if args.runs else {},
+                "summary": summarize(runs, work["changes"], builds) if args.runs else {}, "digests": digests,
                 "profiles": profiles, "runs": runs}
     finally:
         if args.keep_workload:
@@ -244,6 +257,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="timed runs of the server and of every build")
     parser.add_argument("--build", action="append", metavar="LABEL=TREE",
                         help="a folder holding the bridge package to measure (repeatable; default current=.)")
+    parser.add_argument("--check-identical", action="store_true",
+                        help="one extra untimed run per build digesting every change it hands out; they must agree")
     parser.add_argument("--profile", action="store_true", help="one extra cProfile'd run per build")
     parser.add_argument("--py-spy", action="store_true", help="one extra run per build under py-spy record")
     parser.add_argument("--state", type=Path, help="use the running stack's postgres under this state dir")
