@@ -31,7 +31,6 @@ from bridge.errors import ConfigurationError, ServiceUnavailable
 from bridge.sources.pgoutput.protocol import lsn_text, parse_lsn
 
 _XLOG_HEADER = struct.Struct(">QQQ")
-_DATA_START = struct.Struct(">Q")  # XLogData's first field: all the bridge reads of its header
 _KEEPALIVE = struct.Struct(">QQB")
 _STATUS = struct.Struct(">cQQQqB")
 # PostgreSQL timestamps count microseconds from 2000-01-01 UTC.
@@ -184,7 +183,8 @@ class ReplicationStream:
             kind = data[0]
             self.last_received = time.monotonic()
             if kind == 0x77:  # 'w'
-                return _DATA_START.unpack_from(data, 1)[0], bytes(data[1 + _XLOG_HEADER.size:])
+                data_start, _, _ = _XLOG_HEADER.unpack_from(data, 1)
+                return data_start, bytes(data[1 + _XLOG_HEADER.size:])
             if kind == 0x6B:  # 'k'
                 # The keepalive's WAL end is never reported by itself: that could confirm what the pipeline
                 # has not delivered (the psycopg2 behaviour this module replaces). The caller decides.
