@@ -1,0 +1,78 @@
+"""translate() alone on the golden cases, for bench/translate.py: one build's bridge package, in a process of its own.
+
+    python bench/_translate_child.py TREE PASSES [--profile FILE]
+
+Imports `bridge` from TREE (a checkout, or a `git archive` of another commit), loads the restaurant mappings
+and every golden case of mappings/restaurant.tests (the cases' changes decoded once, before timing), then runs
+every case PASSES times as the golden runner does (its prior rows, then its transactions in order, each
+translated and remembered), after one untimed pass. Only the translate() calls are timed (process CPU time: less sensitive to other work than wall time). Prints one JSON
+line: us_per_change (median over passes), changes and events per pass, and a digest of every event (id, type,
+payload) and dead letter, so that two builds can be shown to translate alike.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import hashlib
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+MAPPINGS = Path(__file__).resolve().parents[1] / "mappings"
+
+
+def main() -> None:
+    tree, passes = sys.argv[1], int(sys.argv[2])
+    profile_to = sys.argv[4] if len(sys.argv) > 4 and sys.argv[3] == "--profile" else None
+    sys.path.insert(0, tree)
+    import bridge
+    assert Path(bridge.__file__).resolve().is_relative_to(Path(tree).resolve()), bridge.__file__
+    from bridge.mapping.golden import discover_case_files, load_case_file
+    from bridge.mapping.prior_rows import InMemoryPriorRows
+    from bridge.mapping.translate import translate
+
+    cache: dict = {}
+    cases = [case for f in discover_case_files([MAPPINGS]) for case in load_case_file(f, cache)]
+    changes = sum(len(tx.changes) for case in cases for tx in case.transactions)
+
+    def one_pass(digest: hashlib._Hash | None) -> tuple[float, int]:
+        spent, events = 0.0, 0
+        clock = time.process_time  # CPU time of this process: other work on the machine weighs less on it
+        for case in cases:
+            mappings = cache[case.mapping]
+            prior = None
+            if case.prior_rows is not None:
+                prior = InMemoryPriorRows()
+                for schema, table, key, row in case.prior_rows:
+                    prior.put(schema, table, key, row)
+            for tx in case.transactions:
+                started = clock()
+                result = translate(tx, mappings, source_id=case.source_id, prior_rows=prior)
+                spent += clock() - started
+                events += len(result.events)
+                if digest is not None:
+                    for event in result.events:
+                        digest.update(f"{event.id} {event.type} {event.aggregate_id} {event.data!r}\n".encode())
+                    for letter in result.dead_letters:
+                        digest.update(f"{letter.rule_id} {letter.error}\n".encode())
+                if any(d.on_error == "stop" for d in result.dead_letters):
+                    break
+                if prior is not None:
+                    prior.remember_transaction(tx)
+        return spent, events
+
+    digest = hashlib.sha256()
+    _, events = one_pass(digest)  # untimed: warms up, and says what this build translates to
+    if profile_to is not None:
+        profiler = cProfile.Profile()
+        profiler.runcall(lambda: [one_pass(None) for _ in range(passes)])
+        profiler.dump_stats(profile_to)
+    times = [one_pass(None)[0] for _ in range(passes)]
+    print(json.dumps({"us_per_change": statistics.median(times) / changes * 1e6, "changes": changes,
+                      "events": events, "digest": digest.hexdigest(), "cases": len(cases)}))
+
+
+if __name__ == "__main__":
+    main()
