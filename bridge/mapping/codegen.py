@@ -21,9 +21,11 @@ compiled code within CPython's limit of nested blocks.
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from types import CodeType
 from typing import Any
 
 from bridge.changes import UNKNOWN
@@ -48,7 +50,7 @@ CAUGHT = (EvalError, TypeError, ValueError, ArithmeticError, LookupError, Recurs
 # What the generated source may call besides the caller's getters and the functions it names: fixed
 # identifiers (upper case, so never one of the v/K/N/F/f names generated below) -> value.
 _HELPERS: dict[str, Any] = {
-    "TYPE": type, "DICT": dict, "FROZENSET": frozenset, "UNKNOWN": UNKNOWN, "READ": read_field,
+    "TYPE": type, "DICT": dict, "FROZENSET": frozenset, "HASH": hash, "UNKNOWN": UNKNOWN, "READ": read_field,
     "CONTAINS": contains, "CMPERR": compare_error, "NEG": negate, "POS": positive, "POW": power,
     "EVALERROR": EvalError, "UNKNOWNVALUE": UnknownValue, "TYPEERROR": TypeError, "CAUGHT": CAUGHT,
     "ADD": BINARY_OPERATORS[ast.Add], "SUB": BINARY_OPERATORS[ast.Sub], "MUL": BINARY_OPERATORS[ast.Mult],
@@ -158,13 +160,13 @@ class _Generator:
 
     def in_own_function(self, node: ast.AST, handler: Callable[[_Generator, Any], str]) -> str:
         """`node` computed by a function of its own (its try blocks then start from none)."""
-        outer = self.fn
-        self.fn = _Function(f"f{len(self.functions)}")
-        self.fn.line(f"return {handler(self, node)}")
-        self.functions.append(self.fn)
+        outer, own = self.fn, _Function(f"f{self.temp()}")  # named before the functions nested in it
+        self.fn = own
+        own.line(f"return {handler(self, node)}")
+        self.functions.append(own)  # after those nested in it: each is defined before it is called
         self.fn = outer
         target = self.temp()
-        self.fn.line(f"{target} = {self.functions[-1].name}(s)")
+        outer.line(f"{target} = {own.name}(s)")
         return target
 
     # -- one handler per node type -----------------------------------------------------------------------------
@@ -290,7 +292,10 @@ class _Generator:
         self.fn.line("try:")
         self.fn.indent += 1
         self.fn.tries += 1
-        items = [self.emit(e) for e in node.elts]  # inside the try, as the closures built it
+        items = []
+        for element in node.elts:  # inside the try; each hashed before the next is computed, as a set is built
+            items.append(self.emit(element))
+            self.fn.line(f"HASH({items[-1]})")
         self.fn.line(f"{target} = FROZENSET(({', '.join(items)},))")
         self.fn.tries -= 1
         self.fn.indent -= 1
@@ -351,14 +356,20 @@ _HANDLERS: dict[type, Callable[[_Generator, Any], str]] = {
 }
 
 
+@functools.lru_cache(maxsize=2048)
+def _compile(text: str, filename: str) -> CodeType:
+    """Our text only (see the module docstring), compiled once per process: mappings loaded again, and the
+    many small parts computed at load, give the same text. The file name, never run, tells profiles and
+    tracebacks which expression a frame is (and keeps profilers from merging all of them into one entry)."""
+    return compile(text, filename, "exec")
+
+
 def generate(node: ast.AST, source: str, names: Mapping[str, Any], guard: Guard | None = None) -> tuple[Getter, str]:
     """The function computing checked expression `node` (parsed from `source`; `names`: name -> NameSpec)
     from a scope, guarded by `guard` if given, and its generated source (for tests and for reading)."""
     generator = _Generator(source, names)
     text = generator.generate(node, guard)
     namespace: dict[str, Any] = {"__builtins__": {}}
-    # Our text only (see the module docstring). The file name, never run, tells profiles and tracebacks
-    # which expression a frame is, and keeps profilers from merging all of them into one entry.
-    exec(compile(text, f"<expression {source[:80]!r}>", "exec"), namespace)
-    make = namespace["make"]
+    exec(_compile(text, f"<expression {source[:80]!r}>"), namespace)
+    make = namespace.pop("make")  # its globals keep nothing but the empty builtins
     return make(*_HELPERS.values(), *generator.params.values()), text
