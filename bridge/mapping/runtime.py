@@ -31,7 +31,7 @@ from bridge.mapping.values import EvalError
 if TYPE_CHECKING:
     from bridge.mapping.compiled import CompiledMappings
 
-__all__ = ["ChangeContext", "TxIndex", "TxView", "fill_unknown", "missing_before_message", "row_key"]
+__all__ = ["ChangeContext", "TxIndex", "TxView", "missing_before_message"]
 
 # `tx.<table>` of a stored transaction is rebuilt from disk on every read above this many changes.
 _VIEW_CACHE_CHANGES = 10_000
@@ -42,7 +42,8 @@ class _MissingBefore(Exception):
 
 
 _DELETED = object()
-_NO_IMAGE_OPS = frozenset({Op.CREATE, Op.READ, Op.TRUNCATE, Op.MESSAGE})
+# By letter (Op._value_): an Op is a StrEnum whose hash is a Python call, its letter a plain string.
+_NO_IMAGE_OPS = frozenset(op.value for op in (Op.CREATE, Op.READ, Op.TRUNCATE, Op.MESSAGE))
 
 
 class TxIndex:
@@ -114,7 +115,7 @@ class TxIndex:
             self.overlay.clear()
 
     def before_image(self, change: RowChange) -> Mapping[str, Any] | None:
-        if change.op in _NO_IMAGE_OPS:
+        if change.op._value_ in _NO_IMAGE_OPS:
             return None
         before = change.before
         if before is not None and self._is_complete(change, before):
@@ -230,7 +231,7 @@ class ChangeContext:
         self.change, self.txi = change, txi
         self.after = change.after
         self.key = change.key if change.key is not None else {}
-        self.op = change.op.value
+        self.op = change.op._value_  # .value is a Python-level property of enums; the attribute is not
         self._resolved = False
         self._changed: frozenset[str] | None = None
 
@@ -258,11 +259,12 @@ class ChangeContext:
             after, op = self.after or {}, self.change.op
             if op is Op.UPDATE:
                 before = self.before() or {}
-                self._changed = frozenset(
+                # (set comprehensions: one frame for the loop, where a generator resumes once per column)
+                self._changed = frozenset({
                     column for column, value in after.items()
-                    if value is not UNKNOWN and before.get(column, _DELETED) != value)
+                    if value is not UNKNOWN and before.get(column, _DELETED) != value})
             elif op is Op.CREATE:
-                self._changed = frozenset(column for column, value in after.items() if value is not UNKNOWN)
+                self._changed = frozenset({column for column, value in after.items() if value is not UNKNOWN})
             else:
                 self._changed = frozenset()
         return self._changed

@@ -136,7 +136,7 @@ def _translate_changes(changes: Iterable[RowChange], txi: TxIndex, mappings: Com
     for change in changes:
         if change.op is Op.MESSAGE:
             continue  # logical messages are not row changes; nothing maps them (yet)
-        rules = index.get((change.schema, change.table, change.op))
+        rules = index.get((change.schema, change.table, change.op._value_))
         if rules is None:
             result.unmatched[change.table] += 1
             txi.record(change, None)
@@ -191,10 +191,11 @@ def _silenced(ignores: tuple[CompiledRule, ...], ctx: ChangeContext, result: Tra
               stopped_rules: Mapping[str, str] | None) -> bool:
     """True when an ignore rule silences the change, or when one failed (then the change is dead-lettered)."""
     for rule in ignores:
+        when = rule.when
         try:
             if stopped_rules and rule.id in stopped_rules:
                 raise TranslationError(f"rule '{rule.id}' is stopped: {stopped_rules[rule.id]}")
-            if rule.when is not None and not rule.when(Scope(ctx, rule.lets)):
+            if when is not None and not when(Scope(ctx, rule.lets)):
                 continue
         except TranslationError as exc:
             _fail(rule, ctx.change, exc, result)
