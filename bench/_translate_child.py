@@ -1,6 +1,6 @@
 """translate() alone on the golden cases, for bench/translate.py: one build's bridge package, in a process of its own.
 
-    python bench/_translate_child.py TREE PASSES [--profile FILE]
+    python bench/_translate_child.py TREE PASSES [--profile FILE | --closures]
 
 Imports `bridge` from TREE (a checkout, or a `git archive` of another commit), loads the restaurant mappings
 and every golden case of mappings/restaurant.tests (the cases' changes decoded once, before timing), then runs
@@ -26,6 +26,7 @@ MAPPINGS = Path(__file__).resolve().parents[1] / "mappings"
 def main() -> None:
     tree, passes = sys.argv[1], int(sys.argv[2])
     profile_to = sys.argv[4] if len(sys.argv) > 4 and sys.argv[3] == "--profile" else None
+    closures = sys.argv[3:4] == ["--closures"]
     sys.path.insert(0, tree)
     import bridge
     assert Path(bridge.__file__).resolve().is_relative_to(Path(tree).resolve()), bridge.__file__
@@ -36,12 +37,13 @@ def main() -> None:
     cache: dict = {}
     cases = [case for f in discover_case_files([MAPPINGS]) for case in load_case_file(f, cache)]
     changes = sum(len(tx.changes) for case in cases for tx in case.transactions)
+    loads = {"generated": cache, "closures": closure_mappings(cache) if closures else {}}
 
-    def one_pass(digest: hashlib._Hash | None) -> tuple[float, int]:
+    def one_pass(digest: hashlib._Hash | None, load: str = "generated") -> tuple[float, int]:
         spent, events = 0.0, 0
         clock = time.process_time  # CPU time of this process: other work on the machine weighs less on it
         for case in cases:
-            mappings = cache[case.mapping]
+            mappings = loads[load][case.mapping]
             prior = None
             if case.prior_rows is not None:
                 prior = InMemoryPriorRows()
@@ -69,9 +71,56 @@ def main() -> None:
         profiler = cProfile.Profile()
         profiler.runcall(lambda: [one_pass(None) for _ in range(passes)])
         profiler.dump_stats(profile_to)
-    times = [one_pass(None)[0] for _ in range(passes)]
-    print(json.dumps({"us_per_change": statistics.median(times) / changes * 1e6, "changes": changes,
-                      "events": events, "digest": digest.hexdigest(), "cases": len(cases)}))
+    outcome = {"changes": changes, "events": events, "digest": digest.hexdigest(), "cases": len(cases)}
+    if closures:
+        other = hashlib.sha256()
+        one_pass(other, "closures")
+        assert other.hexdigest() == outcome["digest"], "closures and generated code translate differently"
+        times = {"generated": [], "closures": []}
+        for i in range(passes):
+            for load in ("generated", "closures") if i % 2 == 0 else ("closures", "generated"):
+                times[load].append(one_pass(None, load)[0])
+        outcome["closures_us_per_change"] = statistics.median(times["closures"]) / changes * 1e6
+    else:
+        times = {"generated": [one_pass(None)[0] for _ in range(passes)]}
+    outcome["us_per_change"] = statistics.median(times["generated"]) / changes * 1e6
+    print(json.dumps(outcome))
+
+
+def closure_mappings(cache: dict) -> dict:
+    """The same mapping files loaded again, every expression compiled by the old closure compiler."""
+    import bridge.mapping.compile as rule_compiler
+    from bridge.mapping.codegen import CAUGHT
+    from bridge.mapping.expr import Expression, UnknownValue
+    from bridge.mapping.loader import load_mappings
+    from tests.support.closure_expr import compile_with_closures
+
+    shipped = rule_compiler.compile_expression
+
+    def with_closures(text, names, guard=None):  # type: ignore[no-untyped-def]
+        checked = shipped(text, names)  # the same refusals, names and columns
+        evaluate = compile_with_closures(text, names)
+        if guard is None:
+            return Expression(checked.text, evaluate, checked.names, checked.columns)
+        check, fail, unknown = guard.check, guard.fail, guard.unknown
+
+        def guarded(scope):  # type: ignore[no-untyped-def]  # closures.guard as it was
+            try:
+                value = evaluate(scope)
+                return value if check is None else check(value)
+            except UnknownValue as exc:
+                if unknown is not None:
+                    return unknown
+                raise fail(exc) from None
+            except CAUGHT as exc:
+                raise fail(exc) from None
+        return Expression(checked.text, guarded, checked.names, checked.columns)
+
+    rule_compiler.compile_expression = with_closures
+    try:
+        return {mapping: load_mappings([mapping]) for mapping in cache}
+    finally:
+        rule_compiler.compile_expression = shipped
 
 
 if __name__ == "__main__":

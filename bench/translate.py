@@ -11,6 +11,10 @@ between rounds, so that load from other work falls on both; a child times only i
 rounds (and its fastest round, the least disturbed), and base/current of both. Both builds must translate to the same events and dead letters (a digest of ids,
 types and payloads), or the benchmark stops.
 
+Then the expression lever alone, in one process of this build (bench/_translate_child.py --closures): the
+same mappings loaded twice, once with the closure compiler expressions had before (tests/support/closure_expr.py)
+and once as shipped, passes alternating; medians over --rounds such processes.
+
 --profile also runs this build's child under cProfile and prints where translate's time goes
 (bench/_profile_summary.py of the profile, written to bench/results/translate.prof).
 """
@@ -68,6 +72,16 @@ def main() -> int:
               f"(rounds: {', '.join(f'{t:.2f}' for t in values)})")
     print(f"  base/current: {median['base'] / median['current']:.2f}x (medians), "
           f"{fastest['base'] / fastest['current']:.2f}x (fastest rounds)")
+    lever: dict[str, list[float]] = {"closures": [], "generated": []}
+    for _ in range(args.rounds):
+        outcome = run_child(REPO, args.passes, "--closures")
+        lever["closures"].append(outcome["closures_us_per_change"])
+        lever["generated"].append(outcome["us_per_change"])
+    closures, generated = statistics.median(lever["closures"]), statistics.median(lever["generated"])
+    print(f"expressions alone, this build, closures vs generated code in one process (median of {args.rounds}):")
+    print(f"  closures  {closures:7.2f} us per change   (rounds: {', '.join(f'{t:.2f}' for t in lever['closures'])})")
+    print(f"  generated {generated:7.2f} us per change   (rounds: {', '.join(f'{t:.2f}' for t in lever['generated'])})")
+    print(f"  closures/generated: {closures / generated:.2f}x")
     if args.profile:
         results = REPO / "bench" / "results"
         results.mkdir(exist_ok=True)
