@@ -11,7 +11,7 @@ change of the same row in this transaction (the overlay), (3) the PriorRows prov
 them the rule fails with an error saying how to fix it.
 
 A transaction too large for memory (its changes a bridge.changes.StoredChanges, read back from disk) is
-translated in slices (translate.translate_in_slices): the overlay then holds only the current slice, since the
+translated in slices (translate_in_slices of translate.py, which calls next_slice): the overlay then holds only the current slice, since the
 slices before it are recorded in the PriorRows provider, which answers for them at their positions; its
 tables are read back per table, collect indexes hold positions rather than changes, and ``tx`` reads a table
 only when an expression asks for it.
@@ -59,6 +59,16 @@ class TxIndex:
         self._view: Mapping[str, tuple[Mapping[str, Any], ...]] | None = None
         # Per (schema, table, column): value -> the changes (positions in changes_of, when stored) with it.
         self._indexes: dict[tuple[str, str, str], dict[Any, Any] | None] = {}
+
+    def context(self, change: RowChange) -> ChangeContext:
+        """What expressions read of `change`. A row of a snapshot batch is a transaction of its own: no rule
+        sees the other rows of its batch."""
+        mark = self.tx.snapshot
+        if mark is None:
+            return ChangeContext(change, self)
+        return ChangeContext(change, TxIndex(Transaction(
+            xid=None, commit_lsn=change.position.commit_lsn, commit_time=change.commit_time, changes=(change,),
+            snapshot=mark), self.prior, self.mappings))
 
     def lookup(self, schema: str, table: str, column: str, value: Any) -> Iterable[RowChange] | None:
         """Changes of ``table`` whose row has ``column == value``, in order; None: scan instead."""

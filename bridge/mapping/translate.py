@@ -6,12 +6,9 @@ by (schema, table, op); for each change, ignore rules are tried first (one that 
 change), then every emitting rule whose ``when`` holds emits its events.
 Events come out in transaction order, then rule order, then emit order.
 
-Old values ("before images"): under REPLICA IDENTITY DEFAULT an update carries no before image and a
-delete only the key. A rule that reads ``before`` or ``changed`` then gets the old row, lazily and only
-when it actually reads it, from (1) the change itself when its before image is complete, (2) an earlier
-change of the same row in this transaction (the overlay), (3) the PriorRows provider. Without any of
-them the rule fails with a TranslationError saying how to fix it. (That lookup, and what else one
-transaction's translation shares, is in runtime.py; what compiled rules call is in closures.py.)
+What one transaction's translation shares (changes by table, the overlay of rows it wrote, each change's
+context and its old row, looked up only when a rule reads ``before`` or ``changed``) is in runtime.py;
+what compiled rules call is in closures.py.
 
 A transaction can also be translated in slices (:func:`translate_in_slices`), so that a very large one is
 never held as one list of changes and events: the events are exactly those of translating it whole.
@@ -141,10 +138,7 @@ def _translate_changes(changes: Iterable[RowChange], txi: TxIndex, mappings: Com
             result.unmatched[change.table] += 1
             txi.record(change, None)
             continue
-        # A row of a snapshot batch is a transaction of its own: no rule sees the other rows of its batch.
-        ctx = ChangeContext(change, txi if mark is None else TxIndex(Transaction(
-            xid=None, commit_lsn=change.position.commit_lsn, commit_time=change.commit_time, changes=(change,),
-            snapshot=mark), txi.prior, mappings))
+        ctx = txi.context(change)
         ignores, emitters = rules
         if _silenced(ignores, ctx, result, stopped_rules):
             txi.record(change, ctx)
