@@ -2,7 +2,7 @@
 
 Every expression is compiled once (expr.py), names and columns are checked against the declared tables
 (and, when given, the database's known schema), and the compiled expressions are wired into the run-time
-closures of closures.py. Problems are not raised: they go into the file's :class:`FileReport`.
+helpers of closures.py (the field guard is compiled into each expression). Problems are not raised: they go into the file's :class:`FileReport`.
 """
 
 from __future__ import annotations

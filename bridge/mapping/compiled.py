@@ -1,7 +1,7 @@
 """The compiled form of mapping files: what the rule compiler builds from spec.py's models and translate() runs.
 
-Expressions are closures here (:data:`Getter`), rules are indexed by (schema, table, op), and :class:`Scope`
-is what one rule's closures read while translating one change.
+Expressions are functions of a scope here (:data:`Getter`), rules are indexed by (schema, table, op), and
+:class:`Scope` is what one rule's expressions read while translating one change.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ OMIT: Final = object()  # an optional field whose value was unknown: leave it ou
 
 
 class Scope:
-    """What one rule's closures read while translating one change: the change context, the rule's lazily
+    """What one rule's expressions read while translating one change: the change context, the rule's lazily
     computed `let` values, and the current `row` (inside collect) and `item` (inside `each`)."""
 
     __slots__ = ("ctx", "item", "let_fns", "lets", "row")

@@ -1,12 +1,14 @@
-"""The restricted expression language of mapping files, compiled once at load into Python closures.
+"""The restricted expression language of mapping files: parsed, checked, then compiled once at load.
 
 An expression is Python syntax parsed with :mod:`ast`, and only a whitelist of node types is accepted:
 literals, names from a fixed set given by the caller, attribute and subscript reads on row mappings,
 comparisons, boolean logic, arithmetic, ``in``, conditional expressions, list/tuple/set displays and calls
-of the pure functions in :data:`~bridge.mapping.functions.FUNCTIONS`. Every accepted node becomes a closure
-over already compiled children; user text is never passed to ``eval``/``exec`` and attribute reads are
-mapping lookups, never ``getattr``, so a mapping cannot import, call arbitrary code, reach dunder
-attributes, files, the network or a clock. Anything else is an :class:`ExprError` at load time.
+of the pure functions in :data:`~bridge.mapping.functions.FUNCTIONS`. Anything else is an :class:`ExprError`
+at load time. The checked tree is then written as the source of one Python function and compiled
+(:mod:`bridge.mapping.codegen`): user text never becomes code there (names are read through the caller's
+getters, constants are passed in, attribute reads are mapping lookups, never ``getattr``, and the function
+sees no builtins), so a mapping cannot import, call arbitrary code, reach dunder attributes, files, the
+network or a clock.
 
 Money stays exact: decimal literals (``1.10``) are ``Decimal``, ``/`` on integers and decimals divides
 decimally, and decimal arithmetic runs in one fixed context rather than the thread's (which anyone may
@@ -16,10 +18,10 @@ Results are bounded (see :mod:`bridge.mapping.values`), and what the text alone 
 bounds is refused at load: powers of powers (``(x ** 64) ** 64`` is x ** 4096: more than 256 bits for any
 integer above 1), and constant parts, which are computed once at load to find out.
 
-At run time a closure raises :class:`EvalError` (or :class:`UnknownValue` for an unchanged TOAST value);
-the translator turns it into a ``TranslationError`` naming the rule and the field. What values do at run
-time (those errors, field reads, the operators) is in :mod:`bridge.mapping.values`; the functions are in
-:mod:`bridge.mapping.functions`.
+At run time a compiled expression raises :class:`EvalError` (or :class:`UnknownValue` for an unchanged
+TOAST value), or, compiled with a field guard, the guard's ``TranslationError`` naming the rule and the
+field. What values do at run time (those errors, field reads, the operators) is in
+:mod:`bridge.mapping.values`; the functions are in :mod:`bridge.mapping.functions`.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 A compiled expression raises :class:`EvalError` when it fails on a change (or :class:`UnknownValue` when it
 meets an unchanged TOAST value); the translator turns that into a ``TranslationError`` naming the rule and
 the field. :func:`read_field` is how ``a.b`` and ``a[b]`` read rows and JSON values (mapping lookups, never
-``getattr``), and the operator tables give ``+ - * / // % & |``, comparisons and ``in`` their meaning.
+``getattr``), the operator table gives ``+ - * / // % & |`` their meaning, and the helpers below give
+``in``, failed comparisons, ``-`` and ``**`` theirs.
 
 Money stays exact: ``/`` on integers and decimals divides decimally, and decimal arithmetic runs in one
 fixed context rather than the thread's (which anyone may change), so the same change always yields the
