@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from bridge.changes import UNKNOWN, Op, RowChange, StoredChanges, Transaction
-from bridge.mapping.prior_rows import PriorRows, fill_unknown, row_key
+from bridge.mapping.prior_rows import PriorRows, fill_unknown, has_unknown, row_key
 from bridge.mapping.values import EvalError
 
 if TYPE_CHECKING:
@@ -44,6 +44,8 @@ class _MissingBefore(Exception):
 _DELETED = object()
 # By letter (Op._value_): an Op is a StrEnum whose hash is a Python call, its letter a plain string.
 _NO_IMAGE_OPS = frozenset(op.value for op in (Op.CREATE, Op.READ, Op.TRUNCATE, Op.MESSAGE))
+# The members themselves, read once: `Op.UPDATE` goes through the enum class's attribute lookup every time.
+_CREATE, _UPDATE, _DELETE, _TRUNCATE = Op.CREATE, Op.UPDATE, Op.DELETE, Op.TRUNCATE
 
 
 class TxIndex:
@@ -148,7 +150,7 @@ class TxIndex:
         The Debezium decoder marks the non-key columns of a key-only image UNKNOWN (Debezium fills them
         with made-up nulls and empty strings), so any UNKNOWN makes the image incomplete.
         """
-        if any(value is UNKNOWN for value in before.values()):
+        if has_unknown(before):
             return False
         if not change.key or len(before) > len(change.key):
             return True
@@ -161,19 +163,19 @@ class TxIndex:
         if table not in self.mappings.overlay_tables:
             return
         rows = self.overlay.setdefault(table, {})
-        if change.op is Op.TRUNCATE:
+        if change.op is _TRUNCATE:
             rows.clear()
         if change.old_key:
             rows[row_key(change.old_key)] = _DELETED
         if not change.key:
             return
-        if change.op is Op.DELETE:
+        if change.op is _DELETE:
             rows[row_key(change.key)] = _DELETED
         elif change.after is not None:
             known_before = None
             if ctx is not None and ctx._resolved:
                 known_before = ctx._before
-            elif change.op is Op.UPDATE and any(value is UNKNOWN for value in change.after.values()):
+            elif change.op is _UPDATE and has_unknown(change.after):
                 # No rule read the old row, yet it fills what the stream left out, as the prior-row store
                 # does when it records the change: a later slice reads this row there, and must agree.
                 known_before = ctx.before_if_known() if ctx is not None else self._before_if_known(change)
@@ -267,13 +269,13 @@ class ChangeContext:
     def changed(self) -> frozenset[str]:
         if self._changed is None:
             after, op = self.after or {}, self.change.op
-            if op is Op.UPDATE:
+            if op is _UPDATE:
                 before = self.before() or {}
                 # (set comprehensions: one frame for the loop, where a generator resumes once per column)
                 self._changed = frozenset({
                     column for column, value in after.items()
                     if value is not UNKNOWN and before.get(column, _DELETED) != value})
-            elif op is Op.CREATE:
+            elif op is _CREATE:
                 self._changed = frozenset({column for column, value in after.items() if value is not UNKNOWN})
             else:
                 self._changed = frozenset()

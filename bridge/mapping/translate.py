@@ -30,6 +30,9 @@ from bridge.mapping.compiled import CompiledEmit, CompiledMappings, CompiledRule
 from bridge.mapping.prior_rows import InMemoryPriorRows, PriorRows, RecordingPriorRows
 from bridge.mapping.runtime import ChangeContext, TxIndex
 
+# The members themselves, read once: `Op.READ` goes through the enum class's attribute lookup every time.
+_READ, _MESSAGE = Op.READ, Op.MESSAGE
+
 __all__ = ["DeadLetter", "InMemoryPriorRows", "PriorRows", "TranslatedSlice", "TranslationResult", "translate",
            "translate_in_slices"]
 
@@ -131,7 +134,7 @@ def _translate_changes(changes: Iterable[RowChange], txi: TxIndex, mappings: Com
     index = mappings.index
     mark = txi.tx.snapshot
     for change in changes:
-        if change.op is Op.MESSAGE:
+        if change.op is _MESSAGE:
             continue  # logical messages are not row changes; nothing maps them (yet)
         rules = index.get((change.schema, change.table, change.op._value_))
         if rules is None:
@@ -145,7 +148,7 @@ def _translate_changes(changes: Iterable[RowChange], txi: TxIndex, mappings: Com
             continue
         matched = failed = False
         emitted = 0  # events of this change so far: the change-level part of `sequence`
-        reading = change.op is Op.READ
+        reading = change.op is _READ
         for rule in emitters:
             scope = Scope(ctx, rule.lets)
             try:
