@@ -51,7 +51,7 @@ def guard(rule_id: str, field_name: str, *, check: Getter | None = None, optiona
             return TranslationError(f"{prefix}: {exc}")
         return TranslationError(f"{prefix}: {type(exc).__name__}: {exc}")
 
-    return Guard(fail, check, OMIT if optional else None)
+    return Guard(fail, check, OMIT if optional else None, _PASSES.get(check, frozenset()))
 
 
 def must_be_bool(value: Any) -> bool:
@@ -110,6 +110,10 @@ def publishable(value: Any) -> Any:
     if isinstance(value, str):  # e.g. a StrEnum
         return str(value)
     raise EvalError(f"a {type_name(value)} cannot go into an event")
+
+
+# The types each check returns unchanged, so that the compiled guard skips the call for them.
+_PASSES: dict[Any, frozenset[type]] = {must_be_bool: frozenset({bool}), publishable: _SCALARS}
 
 
 def build_object(fields: tuple[CompiledField, ...], scope: Scope) -> dict[str, Any]:

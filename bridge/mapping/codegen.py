@@ -71,7 +71,8 @@ _MAX_TRIES = 8
 class Guard:
     """What a guarded function does with its value and its failures (the rule compiler's field guard).
 
-    The value goes through ``check`` (which may refuse it with an EvalError); an EvalError or a Python error
+    The value goes through ``check`` (which may refuse it with an EvalError), unless its type is one of
+    ``passes``, the types whose values the check returns unchanged; an EvalError or a Python error
     of the kinds below becomes ``fail(error)``, raised instead; an unknown value gives ``unknown`` when it
     is not None (an optional field), else fails too.
     """
@@ -79,6 +80,7 @@ class Guard:
     fail: Callable[[Exception], Exception]
     check: Getter | None = None
     unknown: Any = None
+    passes: frozenset[type] = frozenset()  # types `check` returns as they are: not called for them
 
 
 class _Function:
@@ -134,6 +136,9 @@ class _Generator:
             self.fn.line("try:")
             self.fn.indent, self.fn.tries = 2, 1
             result = self.emit(node)
+            if guard.check is not None and guard.passes:  # the check's common case, without the call
+                self.fn.line(f"if TYPE({result}) in {self.param('K', guard.passes)}:")
+                self.fn.line(f"    return {result}")
             self.fn.line(f"return {result}" if guard.check is None else f"return {self.param('C', guard.check)}({result})")
             self.fn.indent = 1
             self.fn.line("except UNKNOWNVALUE as error:")

@@ -51,13 +51,19 @@ class DeadLetter:
     on_error: str = "dead_letter"
 
 
+def _counter() -> Counter[str]:
+    """An empty Counter without Counter.__init__ (a Python call to update() with nothing): a Counter holds
+    no state beyond its dict, and one transaction's result makes three."""
+    return Counter.__new__(Counter)
+
+
 @dataclass(slots=True)
 class TranslationResult:
     events: list[DomainEvent] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
-    unmatched: Counter[str] = field(default_factory=Counter)  # per table: changes no rule looked at
-    ignored: Counter[str] = field(default_factory=Counter)  # per table: changes an ignore rule silenced
-    rule_hits: Counter[str] = field(default_factory=Counter)  # per rule id: changes it emitted for or ignored
+    unmatched: Counter[str] = field(default_factory=_counter)  # per table: changes no rule looked at
+    ignored: Counter[str] = field(default_factory=_counter)  # per table: changes an ignore rule silenced
+    rule_hits: Counter[str] = field(default_factory=_counter)  # per rule id: changes it emitted for or ignored
 
 
 @dataclass(slots=True)  # (not frozen: one is made per transaction, and a frozen __init__ costs more)

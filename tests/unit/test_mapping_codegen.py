@@ -24,7 +24,7 @@ from tests.support.closure_expr import compile_with_closures
 _OURS = re.compile(r"^(v\d+|[KNFCEU]\d+|fv\d+|s|expr|make|error|[A-Z]+)$")
 _NODES = (ast.Module, ast.Expr, ast.FunctionDef, ast.arguments, ast.arg, ast.Return, ast.Assign, ast.Name, ast.Load,
           ast.Store, ast.Call, ast.If, ast.IfExp, ast.Try, ast.ExceptHandler, ast.Raise, ast.Compare, ast.UnaryOp,
-          ast.Not, ast.Is, ast.IsNot, ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.List, ast.Tuple,
+          ast.Not, ast.Is, ast.IsNot, ast.In, ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.List, ast.Tuple,
           ast.Attribute, ast.Constant)
 
 
