@@ -236,12 +236,17 @@ class _Generator:
 
     def boolop(self, node: ast.BoolOp) -> str:
         target = self.temp()
-        test = f"if {target}:" if isinstance(node.op, ast.And) else f"if not {target}:"
-        for i, value in enumerate(node.values):
-            if i:  # one `if` after another: once the result is decided, every later test fails too
+        return self.successive(target, f"if {target}:" if isinstance(node.op, ast.And) else f"if not {target}:",
+                               node.values)
+
+    def successive(self, target: str, test: str, parts: list[ast.expr]) -> str:
+        """`target` = the first part, then each next part while `test` holds: one `if` after another, not
+        nested (once the result is decided, every later test fails too)."""
+        for i, part in enumerate(parts):
+            if i:
                 self.fn.line(test)
                 self.fn.indent += 1
-            self.fn.line(f"{target} = {self.emit(value)}")
+            self.fn.line(f"{target} = {self.emit(part)}")
             if i:
                 self.fn.indent -= 1
         return target
@@ -315,14 +320,7 @@ class _Generator:
             return self.guarded(node, _Generator.known)
         if name == "coalesce":  # lazy: later arguments are not read once one is non-null
             target = self.temp()
-            for i, arg in enumerate(node.args):
-                if i:
-                    self.fn.line(f"if {target} is None:")
-                    self.fn.indent += 1
-                self.fn.line(f"{target} = {self.emit(arg)}")
-                if i:
-                    self.fn.indent -= 1
-            return target
+            return self.successive(target, f"if {target} is None:", node.args)
         args = [self.emit(a) for a in node.args]
         target = self.temp()
         self.fn.line(f"{target} = {self.param('F', FUNCTIONS[name][0])}({', '.join(args)})")
