@@ -1,13 +1,25 @@
 """translate() alone on the golden cases, for bench/translate.py: one build's bridge package, in a process of its own.
 
-    python bench/_translate_child.py TREE PASSES [--profile FILE | --closures]
+    python bench/_translate_child.py TREE PASSES [--profile FILE | --closures | --serve]
 
 Imports `bridge` from TREE (a checkout, or a `git archive` of another commit), loads the restaurant mappings
 and every golden case of mappings/restaurant.tests (the cases' changes decoded once, before timing), then runs
 every case PASSES times as the golden runner does (its prior rows, then its transactions in order, each
-translated and remembered), after one untimed pass. Only the translate() calls are timed (process CPU time: less sensitive to other work than wall time). Prints one JSON
-line: us_per_change (median over passes), changes and events per pass, and a digest of every event (id, type,
-payload) and dead letter, so that two builds can be shown to translate alike.
+translated and remembered), after one untimed pass. Only the translate() calls are timed, in process CPU
+time (less sensitive to other work on the machine than wall time). Prints one JSON line: us_per_change
+(median over passes), changes and events per pass, and a digest of every event (id, type, payload) and dead
+letter, so that two builds can be shown to translate alike.
+
+--serve: after loading (and printing that JSON line without timings), read a number of passes per line of
+stdin and answer each with one JSON line {"us_per_change": median of those passes}, until stdin closes: the
+parent alternates two such children round by round, both loaded and warm.
+
+--closures (this build only): the expression lever alone, in this one process. The mappings are loaded a
+second time with every expression compiled by the closure compiler it replaced (tests/support/closure_expr.py,
+wrapped in the field guard as closures.guard did), and the passes alternate between the two loads; prints
+us_per_change and closures_us_per_change (medians), after checking both translate alike.
+
+--profile FILE: PASSES passes under cProfile, written to FILE, before the timed ones.
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ def main() -> None:
     tree, passes = sys.argv[1], int(sys.argv[2])
     profile_to = sys.argv[4] if len(sys.argv) > 4 and sys.argv[3] == "--profile" else None
     closures = sys.argv[3:4] == ["--closures"]
+    serve = sys.argv[3:4] == ["--serve"]
     sys.path.insert(0, tree)
     import bridge
     assert Path(bridge.__file__).resolve().is_relative_to(Path(tree).resolve()), bridge.__file__
@@ -72,6 +85,12 @@ def main() -> None:
         profiler.runcall(lambda: [one_pass(None) for _ in range(passes)])
         profiler.dump_stats(profile_to)
     outcome = {"changes": changes, "events": events, "digest": digest.hexdigest(), "cases": len(cases)}
+    if serve:
+        print(json.dumps(outcome), flush=True)
+        for line in sys.stdin:
+            times = [one_pass(None)[0] for _ in range(int(line))]
+            print(json.dumps({"us_per_change": statistics.median(times) / changes * 1e6}), flush=True)
+        return
     if closures:
         other = hashlib.sha256()
         one_pass(other, "closures")
