@@ -9,7 +9,6 @@ difference between the two is a difference of the code generator.
 from __future__ import annotations
 
 import ast
-import decimal
 import math
 import operator
 from collections.abc import Callable, Mapping
@@ -34,13 +33,14 @@ from bridge.mapping.expr import (
 from bridge.mapping.functions import FUNCTIONS
 from bridge.mapping.values import (
     BINARY_OPERATORS,
-    DECIMAL_CONTEXT,
     MAX_INT_BITS,
     EvalError,
     ResultTooLarge,
     UnknownValue,
     contains,
-    int_power,
+    negate,
+    positive,
+    power,
     read_field,
     type_name,
 )
@@ -205,17 +205,10 @@ class _Compiler:
         operand = self.compile(node.operand, depth)
         if isinstance(node.op, ast.Not):
             return lambda scope: not operand(scope)
-        if isinstance(node.op, (ast.USub, ast.UAdd)):
-            negate = isinstance(node.op, ast.USub)
-
-            def sign(scope: Any) -> Any:
-                value = operand(scope)
-                if type(value) is Decimal:
-                    return DECIMAL_CONTEXT.minus(value) if negate else value
-                if type(value) in (int, float):
-                    return -value if negate else value
-                raise EvalError(f"cannot negate a {type_name(value)}")
-            return sign
+        if isinstance(node.op, ast.USub):
+            return lambda scope: negate(operand(scope))
+        if isinstance(node.op, ast.UAdd):
+            return lambda scope: positive(operand(scope))
         raise ExprError("bitwise ~ is not allowed")
 
     def binop(self, node: ast.BinOp, depth: int) -> Getter:
@@ -237,21 +230,7 @@ class _Compiler:
                             f"not '{self.text(exponent)}'")
         self.check_degree(node)
         base, n, text = self.compile(node.left, depth), exponent.value, self.text(node)
-
-        def power(scope: Any) -> Any:
-            value = base(scope)
-            if type(value) is int:
-                return int_power(value, n, f"'{text}'")
-            if type(value) is Decimal:
-                try:
-                    return DECIMAL_CONTEXT.power(value, n)
-                except decimal.Overflow:
-                    raise ResultTooLarge(f"'{text}': the result is too large (decimals go up to "
-                                         f"1E+{DECIMAL_CONTEXT.Emax})") from None
-                except ArithmeticError as exc:
-                    raise EvalError(f"'{text}': {type(exc).__name__}") from None
-            raise EvalError(f"cannot raise a {type_name(value)} to a power")
-        return power
+        return lambda scope: power(base(scope), n, text)  # values.power: the old closure's body, moved there
 
     def check_degree(self, node: ast.AST) -> None:
         degree = _degree(node)
