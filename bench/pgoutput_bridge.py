@@ -294,7 +294,8 @@ def throughput(stack: Stack, args: argparse.Namespace, folder: Path) -> dict[str
             kinds = [k for kind in kinds for k in ((kind, kind + UNCHECKED) if kind in BRIDGES else (kind,))]
         runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
         for run in range(args.runs):
-            order = kinds
+            # Every other run in reverse order: neither of two consumers compared always goes first (a cold WAL).
+            order = kinds if run % 2 == 0 else kinds[::-1]
             if args.contracts_ab and run % 2 == 1:  # off before on every other run: neither always goes first
                 order = [k for kind in kinds if not kind.endswith(UNCHECKED)
                          for k in ((kind + UNCHECKED, kind) if kind + UNCHECKED in kinds else (kind,))]

@@ -15,6 +15,8 @@ import threading
 import time
 from typing import Any
 
+import kafka.errors
+
 from bridge.errors import ConfigurationError, DeliveryError
 from bridge.kafka_client import CLIENT_BACKOFF
 from bridge.ports import DeliveryCallback
@@ -110,7 +112,10 @@ class ConfluentEventSink(KafkaSinkBase):
 
     def _serve_reports(self) -> None:
         while not self._stopping.is_set():
-            self._producer.poll(POLL_S)
+            try:
+                self._producer.poll(POLL_S)
+            except Exception:  # noqa: BLE001 (a callback's error surfaces here: the thread must go on reporting)
+                log.exception("a delivery callback failed")
 
     def warm_up(self, topics: list[str]) -> None:
         """Fetch every event topic's metadata now, so the first record to each does not wait for it."""
@@ -166,7 +171,7 @@ class ConfluentEventSink(KafkaSinkBase):
             self._producer.flush(0)  # serves the purged records' reports
         self._stopping.set()
         self._poller.join(CLOSE_TIMEOUT_S)
-        close = getattr(self._producer, "close", None)  # newer confluent-kafka; in older ones dropping the last reference does
+        close = getattr(self._producer, "close", None)  # newer confluent-kafka; before, the last reference's end
         if close is not None:
             close()
 
@@ -177,9 +182,12 @@ def delivery_error(error: Any, what: str, topic: str) -> DeliveryError:
     codes = confluent_kafka.KafkaError
     if error.code() == codes.MSG_SIZE_TOO_LARGE:  # the broker's refusal: the topic's limit shrank since start
         return refused_as_too_large(what, topic, f"{error.name()}: {error.str()}")
-    retryable = error.retriable() or error.code() in (
+    code = error.code()
+    # A broker's code (> 0) is Kafka's protocol code: judged as kafka-python judges it. librdkafka's own (< 0): the
+    # timeouts, a lost connection, and the records purged at close.
+    retryable = error.retriable() or (code > 0 and kafka.errors.for_code(code).retriable) or code in (
         codes._MSG_TIMED_OUT, codes._TIMED_OUT, codes._TRANSPORT, codes._ALL_BROKERS_DOWN,
-        codes._PURGE_QUEUE, codes._PURGE_INFLIGHT, codes.REQUEST_TIMED_OUT)
+        codes._PURGE_QUEUE, codes._PURGE_INFLIGHT)
     return DeliveryError(f"Kafka did not acknowledge {what} on {topic}: {error.name()}: {error.str()}",
                          retryable=retryable)
 

@@ -88,19 +88,20 @@ def test_security_the_sink_cannot_map_is_refused_by_name(servers: str, said: str
 @pytest.mark.parametrize(("code", "retryable"), [
     (confluent_kafka.KafkaError._MSG_TIMED_OUT, True),
     (confluent_kafka.KafkaError._PURGE_QUEUE, True),
-    (confluent_kafka.KafkaError.NOT_ENOUGH_REPLICAS, True),
+    (confluent_kafka.KafkaError.NOT_ENOUGH_REPLICAS, True),  # a broker's code, retriable for kafka-python too
+    (confluent_kafka.KafkaError.LEADER_NOT_AVAILABLE, True),
     (confluent_kafka.KafkaError.TOPIC_AUTHORIZATION_FAILED, False),
 ])
 def test_delivery_errors_say_whether_waiting_helps(code: int, retryable: bool) -> None:
-    error = delivery_error(confluent_kafka.KafkaError(code, retriable=code == confluent_kafka.KafkaError.NOT_ENOUGH_REPLICAS),
-                           "event e1 (t)", "restaurant.order")
+    error = delivery_error(confluent_kafka.KafkaError(code), "event e1 (t)", "restaurant.order")
     assert isinstance(error, DeliveryError) and error.retryable is retryable
     assert "event e1 (t) on restaurant.order" in str(error)
     assert error.exit_code == (3 if retryable else 1)
 
 
 def test_a_record_the_broker_refuses_as_too_large_is_the_same_retryable_error_as_kafka_pythons() -> None:
-    error = delivery_error(confluent_kafka.KafkaError(confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE), "dead letter", "dl")
+    too_large = confluent_kafka.KafkaError(confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE)
+    error = delivery_error(too_large, "dead letter", "dl")
     assert error.retryable and "as too large" in str(error) and "reopening it reads the new limit" in str(error)
 
 
