@@ -41,8 +41,9 @@ Throughput (mode `throughput`)
     (the child's VmHWM), and how long the bridge's periodic checkpoint blocked its loop.
 
 Latency (mode `latency`)
-    The bridge (Kafka sink) streams a fresh slot while the simulator writes at a steady --rate (default
-    2,000 tx/s) for --latency-seconds, with synchronous commits (the legacy app's default; with
+    The bridge (Kafka sink; --kafka-client chooses its producer library) streams a fresh slot while the
+    simulator writes at a steady --rate (default 2,000 tx/s) for --latency-seconds, with synchronous commits
+    (the legacy app's default; with
     asynchronous ones the WAL reaches logical decoding up to wal_writer_delay late, --async-commits).
     The output topics are created with message.timestamp.type=LogAppendTime, so each record's Kafka
     timestamp is the broker's append time, i.e. when the acks=all write happened; latency per event =
@@ -434,7 +435,8 @@ def latency(stack: Stack, args: argparse.Namespace, folder: Path) -> dict[str, A
             topics = output_topics(out)
             create_log_append_topics(stack.bootstrap_servers, topics)
             run_folder = folder / slot
-            child = run_child(bridge_spec(stack, dsn, slot, publication, "kafka", run_folder, out, idle_exit_s=3.0),
+            sink = "kafka-confluent" if args.kafka_client == "confluent" else "kafka"
+            child = run_child(bridge_spec(stack, dsn, slot, publication, sink, run_folder, out, idle_exit_s=3.0),
                               run_folder, wait=False)
             try:
                 _wait_streaming(dsn, slot, child)
@@ -475,7 +477,7 @@ def latency(stack: Stack, args: argparse.Namespace, folder: Path) -> dict[str, A
             "steady_p50_ms", "steady_p90_ms", "steady_p99_ms", "steady_max_ms")
     summary = {f"median_{k}": statistics.median(r[k] for r in runs) for k in keys}
     summary.update({"target_tx_per_s": args.rate, "seconds_per_run": args.latency_seconds,
-                    "steady_excludes_first_seconds": args.warmup_seconds,
+                    "steady_excludes_first_seconds": args.warmup_seconds, "kafka_client": args.kafka_client,
                     "commits": "asynchronous" if args.async_commits else "synchronous"})
     return {"summary": summary, "runs": runs}
 
@@ -535,6 +537,8 @@ def main() -> int:
                              "looks at its destination, leaving the JSON in the JVM")
     parser.add_argument("--rate", type=float, default=2000.0, help="latency: simulator transactions per second")
     parser.add_argument("--latency-seconds", type=float, default=30.0, help="latency: simulator run per run")
+    parser.add_argument("--kafka-client", choices=("kafka-python", "confluent"), default="kafka-python",
+                        help="latency: the Kafka sink's producer library (sink.client)")
     parser.add_argument("--async-commits", action="store_true",
                         help="latency: simulator with synchronous_commit=off (WAL flushed up to 200 ms late)")
     parser.add_argument("--warmup-seconds", type=float, default=2.0,

@@ -32,9 +32,6 @@ from tests.support.event_checks import (
 from tests.support.local_stack import StackInfo
 
 KILLS = 20
-# The confluent client's run (sink.client) of the same test: fewer kill rounds to spare CI time, the same
-# traffic and the same assertions.
-KILLS_BY_CLIENT = {"kafka-python": KILLS, "confluent": 10}
 # A bridge lives this long before its SIGKILL: the short end dies while connecting or joining the group,
 # the long end after several commits (commit_interval_s is 0.5 in the e2e config).
 LIFETIME_S = (0.3, 3.0)
@@ -80,7 +77,7 @@ def test_twenty_kills_of_the_direct_bridge_lose_nothing(stack: StackInfo, fresh_
         run.wait_for_snapshot(first)
         first.kill()
         traffic.start()
-        early = _kill_loop(run.bridge, rng, KILLS_BY_CLIENT[kafka_client])
+        early = _kill_loop(run.bridge, rng, KILLS)
         traffic.join(timeout=180)
         assert "report" in result, "the simulated traffic did not finish"
         final = run.bridge()
@@ -107,7 +104,7 @@ def test_twenty_kills_of_the_debezium_bridge_lose_nothing(stack: StackInfo, debe
     final: BridgeProcess | None = None
     try:
         traffic.start()
-        early = _kill_loop(run.bridge, rng, KILLS_BY_CLIENT[kafka_client])
+        early = _kill_loop(run.bridge, rng, KILLS)
         traffic.join(timeout=180)
         assert "report" in result, "the simulated traffic did not finish"
         run.wait_for_debezium({tx.xid for tx in result["report"].transactions})
