@@ -8,6 +8,9 @@ Size: the broker refuses a record batch larger than the topic's `max.message.byt
 again at every restart. So the sink reads that limit of its topics at start, takes the smaller of it
 and `sink.max_message_bytes`, keeps producer batches within it, and checks every record before
 sending: one too large is reported as RecordTooLarge (nothing sent), which the pipeline dead-letters.
+
+Two producer libraries, chosen by sink.client: KafkaEventSink here (kafka-python, the default) and
+bridge/sinks/kafka_confluent.py (confluent-kafka); KafkaSinkBase holds what they share, topic admin included.
 """
 
 from __future__ import annotations
