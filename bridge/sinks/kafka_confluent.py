@@ -75,6 +75,9 @@ def producer_config(settings: KafkaSink, max_message_bytes: int) -> dict[str, An
         "acks": "all",
         "enable.idempotence": True,
         "max.in.flight.requests.per.connection": 5,  # idempotence keeps order with up to 5
+        # kafka-python's (and Java's) partition of a key: murmur2. librdkafka's default (crc32) would move every
+        # aggregate to another partition when the client changes, breaking order per key across the switch.
+        "partitioner": "murmur2_random",
         "linger.ms": settings.linger_ms,
         "compression.type": settings.compression_type or "none",
         # kafka-python's delivery_timeout_ms: how long a record may take, retries included, before it fails.

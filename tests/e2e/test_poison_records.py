@@ -151,12 +151,22 @@ def test_a_row_too_large_for_kafka_becomes_a_bounded_dead_letter_and_the_slot_mo
     assert set(_menu_item_events(direct_run.events())) == {3}
 
 
+def _reported(outcomes: list[Any], count: int, timeout_s: float = 30) -> list[Any]:
+    """`outcomes` once `count` delivery reports are in: after a flush, the last callback may still be running on
+    the client's thread (confluent-kafka's poll thread)."""
+    deadline = time.monotonic() + timeout_s
+    while len(outcomes) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return outcomes
+
+
 def test_the_kafka_sink_takes_the_smaller_limit_of_its_setting_and_its_topics(stack: StackInfo,
                                                                              kafka_client: str) -> None:
     """A topic's max.message.bytes below sink.max_message_bytes wins: the broker would refuse more. A limit lowered
     after the sink opened is the broker's refusal: a retryable DeliveryError (the next run reads the new limit)."""
-    from kafka import KafkaAdminClient
+    from kafka import KafkaAdminClient, KafkaConsumer
     from kafka.admin import ConfigResource, NewTopic
+    from kafka.partitioner.default import murmur2
 
     from bridge.errors import DeliveryError, RecordTooLarge
     from bridge.settings import KafkaSink
@@ -175,9 +185,28 @@ def test_the_kafka_sink_takes_the_smaller_limit_of_its_setting_and_its_topics(st
             sink.publish_dead_letter({"kind": "test", "junk": "x" * 60_000}, None, outcomes.append)
             sink.publish_dead_letter({"kind": "test", "junk": "x" * 40_000}, None, outcomes.append)
             sink.flush(30)
+            _reported(outcomes, 2)
             assert isinstance(outcomes[0], RecordTooLarge) and outcomes[0].limit == 50_000
             assert "max.message.bytes of topic limit" in str(outcomes[0])
             assert outcomes[1:] == [None], "a record within the limit is acknowledged"
+
+            # Both clients put a key on the same partition (kafka-python's murmur2): order per aggregate holds
+            # across a change of sink.client.
+            keys = [f"order-{n}".encode() for n in range(30)]
+            acknowledged: list[Any] = []
+            for key in keys:
+                sink.publish_dead_letter({"kind": "test"}, key, acknowledged.append)
+            sink.flush(30)
+            assert _reported(acknowledged, len(keys)) == [None] * len(keys), "every keyed record acknowledged"
+            consumer = KafkaConsumer(f"limit{suffix}.dead-letters", bootstrap_servers=stack.bootstrap_servers,
+                                     auto_offset_reset="earliest", consumer_timeout_ms=5000)
+            try:
+                found = {record.key: record.partition for record in consumer if record.key in keys}
+            finally:
+                consumer.close()
+            partitions = settings.partitions
+            assert partitions > 1
+            assert found == {key: (murmur2(key) & 0x7FFFFFFF) % partitions for key in keys}
 
             admin.alter_configs([ConfigResource("TOPIC", f"limit{suffix}.dead-letters",
                                                 {"max.message.bytes": "20000"})])
@@ -185,10 +214,7 @@ def test_the_kafka_sink_takes_the_smaller_limit_of_its_setting_and_its_topics(st
             refused: list[Any] = []
             sink.publish_dead_letter({"kind": "test", "junk": "x" * 30_000}, None, refused.append)
             sink.flush(30)
-            deadline = time.monotonic() + 30
-            while not refused and time.monotonic() < deadline:
-                time.sleep(0.1)
-            [error] = refused
+            [error] = _reported(refused, 1)
             assert isinstance(error, DeliveryError) and error.retryable, error
             assert "as too large" in str(error) and "reopening it reads the new limit" in str(error)
         finally:

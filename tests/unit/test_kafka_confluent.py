@@ -66,6 +66,7 @@ def test_the_producer_gets_the_same_guarantees_as_kafka_pythons() -> None:
     assert config["bootstrap.servers"] == "a:9092,b:9093"
     assert config["acks"] == "all" and config["enable.idempotence"] is True
     assert config["max.in.flight.requests.per.connection"] <= 5
+    assert config["partitioner"] == "murmur2_random", "a key goes to the partition kafka-python sends it to"
     assert config["linger.ms"] == 7 and config["compression.type"] == "zstd"
     assert config["message.timeout.ms"] == 6000 and config["request.timeout.ms"] == 6000 - 7 - 1
     assert config["batch.size"] == 50_000 and config["message.max.bytes"] == 50_000
