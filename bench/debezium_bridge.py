@@ -94,7 +94,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--state", type=Path, help="use the running stack under this state dir")
     parser.add_argument("--kinds", default="passthrough,bridge",
-                        help="which runs to make (e.g. just 'bridge' to measure memory at a large N)")
+                        help="which runs to make (e.g. just 'bridge' to measure memory at a large N; "
+                             "bridge-confluent: the bridge with sink.client: confluent)")
     parser.add_argument("--reuse-prefix", help="with --state: measure topics an earlier run filled (its topic prefix)")
     args = parser.parse_args()
     state = args.state or REPO / ".state" / f"bench-{uuid.uuid4().hex[:6]}"
@@ -116,7 +117,7 @@ def main() -> int:
         for run in range(args.runs):
             for kind in kinds:
                 result = run_child(kind, stack, prefix, topics, records, state)
-                if kind == "bridge" and changes and result["changes"] != changes:
+                if kind.startswith("bridge") and changes and result["changes"] != changes:
                     raise RuntimeError(f"the bridge handled {result['changes']} of {changes} row changes: "
                                        "a run that stops early measures nothing")
                 results[kind].append(result)
@@ -151,6 +152,9 @@ def summarize(results: dict[str, list[dict]], records: int, changes: int) -> dic
         "bridge_peak_rss_mb": round(max(r["max_rss_mb"] for r in results["bridge"]), 1),
         "passthrough_peak_rss_mb": round(max(r["max_rss_mb"] for r in results["passthrough"]), 1),
         "events_published": results["bridge"][-1].get("events"),
+        **({"bridge_confluent_records_per_s": round(records / median["bridge-confluent"]),
+            "bridge_confluent_over_bridge_time": round(median["bridge-confluent"] / median["bridge"], 3)}
+           if "bridge-confluent" in median else {}),
     }
 
 

