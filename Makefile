@@ -15,10 +15,11 @@ help:
 	@echo "make stack-up      start PostgreSQL, Kafka and Kafka Connect + Debezium under $(STATE)"
 	@echo "make stack-status  what runs where;  make stack-down  stops it"
 
+# confluent too: CI runs the Kafka sink's tests on both clients (sink.client).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,embedded]'
+	$(PY) -m pip install --quiet -e '.[test,embedded,confluent]'
 	touch $@
 
 setup: $(VENV)/.installed

@@ -56,7 +56,8 @@ def bridge(args: argparse.Namespace) -> dict:
         mappings=[REPO / "mappings" / "restaurant.yaml"],
         source={"bootstrap_servers": args.bootstrap, "topic_prefix": prefix, "group_id": args.group},
         sink={"bootstrap_servers": args.bootstrap, "topic_template": args.out + ".{aggregate_type}",
-              "dead_letter_topic": args.out + ".dead-letters"},
+              "dead_letter_topic": args.out + ".dead-letters",
+              "client": "confluent" if args.kind == "bridge-confluent" else "kafka-python"},
         state={"path": args.state},
         logging={"level": "WARNING"},
     )
@@ -81,7 +82,7 @@ def sample_rss(every_s: float, samples: list[list[float]], stop: threading.Event
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=["passthrough", "bridge"])
+    parser.add_argument("kind", choices=["passthrough", "bridge", "bridge-confluent"])  # the sink's client
     for option in ("--bootstrap", "--group", "--prefix", "--topics", "--out", "--state"):
         parser.add_argument(option, required=True)
     parser.add_argument("--records", type=int, required=True)

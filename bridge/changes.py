@@ -184,9 +184,14 @@ class Transaction:
     def newest_position(self) -> SourcePosition:
         """The greatest change position (the commit's own when there are no changes): where a source may
         acknowledge up to once the transaction is done. Never reads stored changes back."""
-        known = getattr(self.changes, "newest_position", None)
-        if known is not None:
-            return known
-        if self.changes:
-            return max(change.position for change in self.changes)
+        changes = self.changes
+        if type(changes) is tuple:  # (asked once per transaction: no getattr that fails on a tuple)
+            if len(changes) == 1:
+                return changes[0].position
+        else:
+            known = getattr(changes, "newest_position", None)
+            if known is not None:
+                return known
+        if changes:
+            return max(change.position for change in changes)
         return SourcePosition(self.commit_lsn, self.commit_lsn)

@@ -25,7 +25,7 @@ from bridge.preflight import enforce_at_start
 from bridge.redact import redacted_dsn
 from bridge.ports import ChangeSource, EventSink
 from bridge.settings import KafkaSink, LocalLogSink, Settings
-from bridge.sinks.kafka import KafkaEventSink
+from bridge.sinks.kafka import sink_class
 from bridge.sinks.locallog import LocalLogEventSink
 from bridge.state import PriorRowStore
 from bridge.supervisor import Supervisor
@@ -89,7 +89,7 @@ def open_sink(section: KafkaSink | LocalLogSink, aggregates: list[tuple[str, str
                 f"cannot open the local event log at {section.path} (sink.path, sink.dead_letter_path): "
                 f"{exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}: make the folder writable "
                 "by this user, or set sink.path to a writable place") from exc
-    return KafkaEventSink.open(section, aggregates)
+    return sink_class(section).open(section, aggregates)
 
 
 def _open_source(settings: Settings, mappings: Any) -> tuple[ChangeSource, dict[str, Any]]:
@@ -156,6 +156,11 @@ def _service_names(settings: Settings) -> dict[str, str]:
     return {"source": source_name, "sink": sink_name}
 
 
+def _writing(sink: KafkaSink | LocalLogSink) -> dict[str, Any]:
+    """What the start line says about the sink: its kind and, for Kafka, the producer library (sink.client)."""
+    return {"sink": "kafka", "kafka_client": sink.client} if isinstance(sink, KafkaSink) else {"sink": "locallog"}
+
+
 class _Runs:
     """One run per call: open the sink and the source, run the pipeline until it stops; always close both.
 
@@ -206,7 +211,8 @@ class _Runs:
                                 on_commit=lambda _position: self.supervisor.progressed(),
                                 slice_changes=settings.pipeline.spill_changes)
             self.supervisor.running()
-            log.info("started", extra={"source_id": settings.source_id, **reading, "rules": self.mappings.rule_count(),
+            log.info("started", extra={"source_id": settings.source_id, **reading, **_writing(settings.sink),
+                                       "rules": self.mappings.rule_count(),
                                        **({"restarts": self.supervisor.restarts} if self.supervisor.restarts else {})})
             pipeline.run(self.stop, idle_exit_s=self.idle_exit_s)
 

@@ -52,6 +52,14 @@ def _admin(report: Report, area: str, setting: str, bootstrap: str) -> Iterator[
 
 
 def check_kafka_sink(report: Report, sink: Any, mappings: Any) -> None:
+    if sink.client == "confluent":
+        from bridge.sinks.kafka_confluent import librdkafka_servers, require_library
+
+        try:
+            require_library()
+            librdkafka_servers(sink.bootstrap_servers)
+        except ConfigurationError as exc:
+            report.error("sink", "sink.client", str(exc))
     with _admin(report, "sink", "sink.bootstrap_servers", sink.bootstrap_servers) as admin:
         if admin is None:
             return

@@ -114,6 +114,9 @@ class PgOutputSource(_Section):
 
 class KafkaSink(_Section):
     kind: Literal["kafka"] = "kafka"
+    client: Literal["kafka-python", "confluent"] = Field(
+        "kafka-python", description="the producer library: kafka-python (pure Python, installed always) or confluent "
+                                    "(confluent-kafka on librdkafka, faster; pip install 'cdc-bridge[confluent]')")
     bootstrap_servers: str = "127.0.0.1:9092"
     bootstrap_timeout_s: float = Field(30.0, gt=0, description="how long to wait at start for a broker to answer")
     topic_template: str = Field("{namespace}.{aggregate_type}", description="topic per aggregate type")

@@ -38,6 +38,16 @@ WEIGHTS: dict[str, float] = {
     a.Touched.kind: 6.0,
 }
 
+#: Named traffic mixes: which kinds of action, how often, and how many lines a checkout has. "restaurant" is
+#: the default above; "checkouts" is mostly whole orders of 10-50 lines written in one transaction, the
+#: workload where per-transaction costs matter less than per-row ones (bench/pgoutput_bridge.py --workload).
+MIXES: dict[str, dict[str, float]] = {
+    "restaurant": WEIGHTS,
+    "checkouts": {a.Checkout.kind: 10.0, a.CustomerSignedUp.kind: 0.5, a.MenuItemAdded.kind: 0.3,
+                  a.MenuItemRepriced.kind: 0.3, a.Touched.kind: 0.2},
+}
+CHECKOUT_LINES: dict[str, tuple[int, int]] = {"checkouts": (10, 50)}  # other mixes: 1-4 lines, mostly 1
+
 BOOTSTRAP_MENU_ITEMS = 12
 BOOTSTRAP_CUSTOMERS = 8
 
@@ -53,9 +63,13 @@ class Planner:
     second run against a database that already has this seed's customers does not collide on the UNIQUE
     e-mail; pass "" (the default) for a fresh database."""
 
-    def __init__(self, seed: int, namespace: str = "") -> None:
+    def __init__(self, seed: int, namespace: str = "", mix: str = "restaurant") -> None:
+        if mix not in MIXES:
+            raise ValueError(f"unknown traffic mix {mix!r}: use one of {', '.join(MIXES)}")
         self.seed = seed
         self.namespace = namespace
+        self.mix = mix
+        self.weights = MIXES[mix]
         self.rng = random.Random(seed)
         self.world = World()
         self._started = False
@@ -71,8 +85,8 @@ class Planner:
         return action
 
     def _draw(self) -> a.Action:
-        kinds = list(WEIGHTS)
-        weights = list(WEIGHTS.values())
+        kinds = list(self.weights)
+        weights = list(self.weights.values())
         while kinds:
             index = self.rng.choices(range(len(kinds)), weights=weights)[0]
             action = _PROPOSERS[kinds[index]](self)
@@ -269,7 +283,10 @@ def _checkout(p: Planner) -> a.Action | None:
     rng = p.rng
     customer = world.active_customers.choice(rng)
     order = world.next_order
-    count = rng.choices((1, 2, 3, 4), weights=(40, 30, 20, 10))[0]
+    if p.mix in CHECKOUT_LINES:
+        count = rng.randint(*CHECKOUT_LINES[p.mix])
+    else:
+        count = rng.choices((1, 2, 3, 4), weights=(40, 30, 20, 10))[0]
     lines = tuple(p._new_line(world.next_line + i, order) for i in range(count))
     return a.Checkout(
         order=order,
@@ -335,7 +352,7 @@ _PROPOSERS: dict[str, Proposer] = {
 assert set(_PROPOSERS) == set(WEIGHTS), "every weighted kind needs a proposer"
 
 
-def plan(seed: int, steps: int, namespace: str = "") -> list[a.Action]:
+def plan(seed: int, steps: int, namespace: str = "", mix: str = "restaurant") -> list[a.Action]:
     """The first ``steps`` actions of the plan for ``seed`` (the first one is always the bootstrap)."""
-    planner = Planner(seed, namespace)
+    planner = Planner(seed, namespace, mix)
     return [planner.next_action() for _ in range(steps)]

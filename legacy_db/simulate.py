@@ -48,6 +48,7 @@ def run_simulation(
     stop: threading.Event | None = None,
     keep_transactions: bool = True,
     durable_commits: bool = False,
+    mix: str = "restaurant",
 ) -> SimulationReport:
     """Run up to ``count`` transactions and/or for up to ``duration`` seconds, whichever ends first.
 
@@ -55,7 +56,8 @@ def run_simulation(
     push back the ones after it). Without ``rate`` it runs as fast as the database allows. ``stop`` ends the
     run after the current transaction (the CLI sets it on Ctrl-C); with neither ``count``, ``duration`` nor
     ``stop`` the run would never end, which is refused. ``keep_transactions=False`` keeps only totals, for
-    runs long enough that a record per transaction would not fit in memory.
+    runs long enough that a record per transaction would not fit in memory. ``mix`` names the traffic
+    (:data:`legacy_db.planner.MIXES`): the restaurant's everyday mix, or "checkouts" (orders of 10-50 lines).
 
     Commits are asynchronous (``synchronous_commit = off`` for this session only) unless ``durable_commits``:
     the WAL written, and so the change stream, is identical, while throughput on a 2-core machine goes from
@@ -77,7 +79,7 @@ def run_simulation(
         if not durable_commits:
             conn.execute("SET synchronous_commit = off")
         namespace = email_namespace(conn)
-        planner = Planner(seed, namespace)
+        planner = Planner(seed, namespace, mix)
         executor = Executor(conn)
         report = SimulationReport(seed=seed, namespace=namespace)
         started = time.monotonic()

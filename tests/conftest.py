@@ -104,6 +104,13 @@ class LegacyServer:
     admin_dsn: str
 
 
+@pytest.fixture(params=["kafka-python", "confluent"])
+def kafka_client(request: pytest.FixtureRequest) -> str:
+    """The Kafka sink's producer library (sink.client): a test asking for it runs on both, with the same
+    assertions."""
+    return request.param
+
+
 @pytest.fixture(params=[15, 18], ids=["pg15", "pg18"])
 def legacy_server(request: pytest.FixtureRequest) -> LegacyServer:
     """The session stack's PostgreSQL 15 or the wheel's PostgreSQL 18; only the one asked for starts."""

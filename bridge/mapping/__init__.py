@@ -8,7 +8,8 @@ The language is documented in mappings/README.md. The modules, in the order a ma
 
     yaml_lines.py   YAML with the line of every key and item; one-line problems pointing into it
     spec.py         the file's shape (pydantic models), their errors as YAML paths, PostgreSQL type names
-    expr.py         the expression language: parse, check and compile an expression into a closure
+    expr.py         the expression language: parse and check an expression, refuse what it does not allow
+    codegen.py      a checked expression as the source of one Python function, compiled once
     values.py       what values do at run time: EvalError/UnknownValue, field reads, operators, decimals
     functions.py    the functions expressions may call
     compile.py      the rule compiler: one validated file into CompiledRules, problems collected

@@ -1,7 +1,7 @@
 """What compiled rules call at run time: the rule compiler (compile.py) wires these around expressions.
 
-How each name of the expression language reads the scope (:data:`NAMES`), the :func:`guard` that turns any
-failure of an expression into a ``TranslationError`` naming rule and field, the checks of what a field
+How each name of the expression language reads the scope (:data:`NAMES`), the :func:`guard` compiled into
+every expression, turning any failure into a ``TranslationError`` naming rule and field, the checks of what a field
 must hold (a boolean, a list, an aggregate id, a value that may go into an event), payload objects, and
 the collect of a transaction's rows.
 """
@@ -17,6 +17,7 @@ from uuid import UUID
 
 from bridge.changes import UNKNOWN, Op
 from bridge.errors import TranslationError
+from bridge.mapping.codegen import Guard
 from bridge.mapping.compiled import OMIT, CompiledField, Getter, Scope
 from bridge.mapping.values import EvalError, UnknownValue, type_name
 
@@ -37,28 +38,20 @@ def let_getter(name: str) -> Getter:
     return lambda scope: scope.let(name)
 
 
-def guard(evaluate: Getter, rule_id: str, field_name: str, *, check: Getter | None = None,
-          optional: bool = False) -> Getter:
-    """Run a compiled expression; turn any failure into a TranslationError naming rule and field.
+def guard(rule_id: str, field_name: str, *, check: Getter | None = None, optional: bool = False) -> Guard:
+    """How an expression of this rule and field fails: any failure becomes a TranslationError naming rule
+    and field; the value goes through `check` first.
 
     ``optional``: an UNKNOWN value gives OMIT (the field is left out) instead of an error.
     """
     prefix = f"rule '{rule_id}', field '{field_name}'"
 
-    def guarded(scope: Scope) -> Any:
-        try:
-            value = evaluate(scope)
-            return value if check is None else check(value)
-        except UnknownValue as exc:
-            if optional:
-                return OMIT
-            raise TranslationError(f"{prefix}: {exc}") from None
-        except EvalError as exc:
-            raise TranslationError(f"{prefix}: {exc}") from None
-        except (TypeError, ValueError, ArithmeticError, LookupError, RecursionError) as exc:
-            raise TranslationError(f"{prefix}: {type(exc).__name__}: {exc}") from None
+    def fail(exc: Exception) -> TranslationError:
+        if isinstance(exc, EvalError):
+            return TranslationError(f"{prefix}: {exc}")
+        return TranslationError(f"{prefix}: {type(exc).__name__}: {exc}")
 
-    return guarded
+    return Guard(fail, check, OMIT if optional else None, _PASSES.get(check, frozenset()))
 
 
 def must_be_bool(value: Any) -> bool:
@@ -117,6 +110,10 @@ def publishable(value: Any) -> Any:
     if isinstance(value, str):  # e.g. a StrEnum
         return str(value)
     raise EvalError(f"a {type_name(value)} cannot go into an event")
+
+
+# The types each check returns unchanged, so that the compiled guard skips the call for them.
+_PASSES: dict[Any, frozenset[type]] = {must_be_bool: frozenset({bool}), publishable: _SCALARS}
 
 
 def build_object(fields: tuple[CompiledField, ...], scope: Scope) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 Every expression is compiled once (expr.py), names and columns are checked against the declared tables
 (and, when given, the database's known schema), and the compiled expressions are wired into the run-time
-closures of closures.py. Problems are not raised: they go into the file's :class:`FileReport`.
+helpers of closures.py (the field guard is compiled into each expression). Problems are not raised: they go into the file's :class:`FileReport`.
 """
 
 from __future__ import annotations
@@ -149,9 +149,13 @@ class _Builder:
             self.problem(path, f"unknown table '{table}' ({where}: {', '.join(sorted(self.universe))})")
         return schema or self.report.schemas.get(table) or self.spec.schema_, table
 
-    def expr(self, text: str, path: tuple[Any, ...], names: Mapping[str, NameSpec], state: _RuleState) -> Getter | None:
+    def expr(self, text: str, path: tuple[Any, ...], names: Mapping[str, NameSpec], state: _RuleState, *,
+             check: Getter | None = None, optional: bool = False) -> Getter | None:
+        """The compiled expression at `path`, guarded as that field of the rule: failures become
+        TranslationErrors naming rule and field (closures.guard); None if it is refused."""
         try:
-            compiled = compile_expression(text, names)
+            compiled = compile_expression(text, names, guard(state.id, field_path(path[2:]), check=check,
+                                                                optional=optional))
         except ExprError as exc:
             self.problem(path, str(exc))
             return None
@@ -163,8 +167,7 @@ class _Builder:
                   state: _RuleState) -> Getter | None:
         if text is None:
             return None
-        evaluate = self.expr(text, path, names, state)
-        return guard(evaluate, state.id, field_path(path[2:]), check=must_be_bool) if evaluate else None
+        return self.expr(text, path, names, state, check=must_be_bool)
 
     def rule(self, index: int, rule: RuleSpec) -> CompiledRule | None:
         base, problems_before = ("rules", index), len(self.report.problems)
@@ -241,20 +244,17 @@ class _Builder:
         when = self.predicate(emit.when, path + ("when",), names, state)
         each, inner = None, names
         if emit.each is not None:
-            evaluate = self.expr(emit.each, path + ("each",), names, state)
-            each = guard(evaluate, state.id, field_path(path[2:] + ("each",)), check=must_be_list) if evaluate else None
+            each = self.expr(emit.each, path + ("each",), names, state, check=must_be_list)
             inner = {**names, "item": NameSpec(NAMES["item"], item_fields.get(emit.each.strip()), "field", "each item")}
         id_path = path + ("aggregate", "id")
-        evaluate = self.expr(emit.aggregate.id, id_path, inner, state)
-        aggregate_id = guard(evaluate, state.id, field_path(id_path[2:]), check=aggregate_id_of) if evaluate else None
+        aggregate_id = self.expr(emit.aggregate.id, id_path, inner, state, check=aggregate_id_of)
         fields = [self.field(name, spec, path + ("data", name), inner, state) for name, spec in emit.data.items()]
         snapshot_time = None
         if emit.snapshot_time is not None:
             time_path = path + ("snapshot_time",)
-            evaluate = self.expr(emit.snapshot_time, time_path, inner, state)
-            if evaluate is None:
+            snapshot_time = self.expr(emit.snapshot_time, time_path, inner, state, check=event_time_of)
+            if snapshot_time is None:
                 return None
-            snapshot_time = guard(evaluate, state.id, field_path(time_path[2:]), check=event_time_of)
         if aggregate_id is None or None in fields or (emit.each is not None and each is None):
             return None
         return CompiledEmit(
@@ -287,11 +287,7 @@ class _Builder:
             spec, path, optional = spec.value, path + ("value",), spec.optional
         elif not isinstance(spec, str):
             return self.constant(spec, path), None
-        evaluate = self.expr(spec, path, names, state)
-        if evaluate is None:
-            return None, None
-        return guard(evaluate, state.id, field_path(path[2:]), check=publishable if publish else None,
-                     optional=optional), None
+        return self.expr(spec, path, names, state, check=publishable if publish else None, optional=optional), None
 
     def nested_object(self, fields: Mapping[str, Any], path: tuple[Any, ...], names: Mapping[str, NameSpec],
                       state: _RuleState, in_collect: bool) -> Getter | None:
@@ -321,9 +317,7 @@ class _Builder:
         value: Getter | None = None
         fields: list[CompiledField | None] = []
         if spec.value is not None:
-            evaluate = self.expr(spec.value, path + ("value",), inner, state)
-            name = field_path(path[2:] + ("value",))
-            value = guard(evaluate, state.id, name, check=publishable) if evaluate else None
+            value = self.expr(spec.value, path + ("value",), inner, state, check=publishable)
             if value is None:
                 return None, None
         else:
@@ -338,7 +332,7 @@ class _Builder:
         found = equality_probe(spec.where) if spec.where is not None else None
         if found is not None:  # index the rows by this column instead of scanning the transaction per change
             key = self.expr(found[1], path + ("where",), names, state)
-            probe = (found[0], guard(key, state.id, field_path(path[2:] + ("where",)))) if key else None
+            probe = (found[0], key) if key else None
         ops = frozenset(Op(letter) for letter in spec.ops)
         getter = collector(schema, table, ops, where, value, tuple(f for f in fields if f is not None), probe)
         return getter, (frozenset(spec.fields) if spec.fields is not None else None)

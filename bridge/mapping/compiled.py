@@ -1,7 +1,7 @@
 """The compiled form of mapping files: what the rule compiler builds from spec.py's models and translate() runs.
 
-Expressions are closures here (:data:`Getter`), rules are indexed by (schema, table, op), and :class:`Scope`
-is what one rule's closures read while translating one change.
+Expressions are functions of a scope here (:data:`Getter`), rules are indexed by (schema, table, op), and
+:class:`Scope` is what one rule's expressions read while translating one change.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ OMIT: Final = object()  # an optional field whose value was unknown: leave it ou
 
 
 class Scope:
-    """What one rule's closures read while translating one change: the change context, the rule's lazily
+    """What one rule's expressions read while translating one change: the change context, the rule's lazily
     computed `let` values, and the current `row` (inside collect) and `item` (inside `each`)."""
 
     __slots__ = ("ctx", "item", "let_fns", "lets", "row")
@@ -98,7 +98,7 @@ class CompiledRule:
 
 
 class CompiledMappings:
-    """Every rule of one or more mapping files, indexed by (schema, table, op) for translate()."""
+    """Every rule of one or more mapping files, indexed by (schema, table, op letter) for translate()."""
 
     def __init__(self, rules: Sequence[CompiledRule], *, files: Sequence[str] = (),
                  declared_types: DeclaredTypes | None = None, keys: Mapping[str, tuple[str, ...]] | None = None,
@@ -108,10 +108,11 @@ class CompiledMappings:
         self._declared: DeclaredTypes = declared_types or {}
         self.keys: Mapping[str, tuple[str, ...]] = keys or {}  # table -> primary-key columns
         self.schemas: Mapping[str, str] = schemas or {}  # table -> schema
-        index: dict[tuple[str, str, Op], tuple[list[CompiledRule], list[CompiledRule]]] = {}
+        # Keyed by the op's letter (change.op._value_), a plain string: an Op's own hash is a Python call.
+        index: dict[tuple[str, str, str], tuple[list[CompiledRule], list[CompiledRule]]] = {}
         for rule in self.rules:
             for op in rule.ops:
-                ignores, emitters = index.setdefault((rule.schema, rule.table, op), ([], []))
+                ignores, emitters = index.setdefault((rule.schema, rule.table, op.value), ([], []))
                 (ignores if rule.ignore else emitters).append(rule)
         self.index = {k: (tuple(ignores), tuple(emitters)) for k, (ignores, emitters) in index.items()}
         self.overlay_tables = frozenset((r.schema, r.table) for r in self.rules if r.reads_before)

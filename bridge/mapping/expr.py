@@ -1,12 +1,14 @@
-"""The restricted expression language of mapping files, compiled once at load into Python closures.
+"""The restricted expression language of mapping files: parsed, checked, then compiled once at load.
 
 An expression is Python syntax parsed with :mod:`ast`, and only a whitelist of node types is accepted:
 literals, names from a fixed set given by the caller, attribute and subscript reads on row mappings,
 comparisons, boolean logic, arithmetic, ``in``, conditional expressions, list/tuple/set displays and calls
-of the pure functions in :data:`~bridge.mapping.functions.FUNCTIONS`. Every accepted node becomes a closure
-over already compiled children; user text is never passed to ``eval``/``exec`` and attribute reads are
-mapping lookups, never ``getattr``, so a mapping cannot import, call arbitrary code, reach dunder
-attributes, files, the network or a clock. Anything else is an :class:`ExprError` at load time.
+of the pure functions in :data:`~bridge.mapping.functions.FUNCTIONS`. Anything else is an :class:`ExprError`
+at load time. The checked tree is then written as the source of one Python function and compiled
+(:mod:`bridge.mapping.codegen`): user text never becomes code there (names are read through the caller's
+getters, constants are passed in, attribute reads are mapping lookups, never ``getattr``, and the function
+sees no builtins), so a mapping cannot import, call arbitrary code, reach dunder attributes, files, the
+network or a clock.
 
 Money stays exact: decimal literals (``1.10``) are ``Decimal``, ``/`` on integers and decimals divides
 decimally, and decimal arithmetic runs in one fixed context rather than the thread's (which anyone may
@@ -16,39 +18,28 @@ Results are bounded (see :mod:`bridge.mapping.values`), and what the text alone 
 bounds is refused at load: powers of powers (``(x ** 64) ** 64`` is x ** 4096: more than 256 bits for any
 integer above 1), and constant parts, which are computed once at load to find out.
 
-At run time a closure raises :class:`EvalError` (or :class:`UnknownValue` for an unchanged TOAST value);
-the translator turns it into a ``TranslationError`` naming the rule and the field. What values do at run
-time (those errors, field reads, the operators) is in :mod:`bridge.mapping.values`; the functions are in
-:mod:`bridge.mapping.functions`.
+At run time a compiled expression raises :class:`EvalError` (or :class:`UnknownValue` for an unchanged
+TOAST value), or, compiled with a field guard, the guard's ``TranslationError`` naming the rule and the
+field. What values do at run time (those errors, field reads, the operators) is in
+:mod:`bridge.mapping.values`; the functions are in :mod:`bridge.mapping.functions`.
 """
 
 from __future__ import annotations
 
 import ast
-import decimal
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal
 from difflib import get_close_matches
 from typing import Any
 
+from bridge.mapping.codegen import Guard, generate
 from bridge.mapping.functions import FUNCTIONS
-from bridge.mapping.values import (
-    BINARY_OPERATORS,
-    COMPARISONS,
-    DECIMAL_CONTEXT,
-    MAX_INT_BITS,
-    EvalError,
-    ResultTooLarge,
-    UnknownValue,
-    int_power,
-    read_field,
-    type_name,
-)
+from bridge.mapping.values import BINARY_OPERATORS, MAX_INT_BITS, EvalError, ResultTooLarge, UnknownValue
 
 # EvalError and UnknownValue live in bridge.mapping.values; users of the language get them here too.
-__all__ = ["EvalError", "ExprError", "Expression", "NameSpec", "UnknownValue", "compile_expression", "equality_probe"]
+__all__ = ["EvalError", "ExprError", "Expression", "Guard", "NameSpec", "UnknownValue", "compile_expression",
+           "equality_probe"]
 
 MAX_LENGTH = 2000  # characters; also keeps CPython's parser far from its own recursion limits
 MAX_NODES = 400
@@ -80,14 +71,19 @@ class Expression:
     # (table, column) of every row column it reads, column "*" for a whole row (`after` passed on as a value):
     # a source that sees a column change type knows which rules it must stop.
     columns: frozenset[tuple[str, str]] = frozenset()
+    code: str = ""  # the generated Python source of `evaluate` (no text of the mapping in it)
 
 
 # NameSpec.attrs_are of names whose attributes are a table's columns (before, after, key, row).
 _ROW_NAMES = frozenset({"column", "key column"})
 
 
-def compile_expression(text: str, names: Mapping[str, NameSpec]) -> Expression:
-    """Parse, check and compile ``text``; raises ExprError saying what is wrong and what is allowed."""
+def compile_expression(text: str, names: Mapping[str, NameSpec], guard: Guard | None = None) -> Expression:
+    """Parse, check and compile ``text``; raises ExprError saying what is wrong and what is allowed.
+
+    With a `guard`, the compiled function also checks its value and turns its failures into the guard's
+    error (see :class:`~bridge.mapping.codegen.Guard`): one call per evaluation, not two.
+    """
     if not isinstance(text, str):
         raise ExprError(f"expected an expression (a string), got {type(text).__name__}")
     source = text.strip()
@@ -96,9 +92,10 @@ def compile_expression(text: str, names: Mapping[str, NameSpec]) -> Expression:
     if len(source) > MAX_LENGTH:
         raise ExprError(f"expression is {len(source)} characters long (at most {MAX_LENGTH})")
     tree = _parse(source)
-    compiler = _Compiler(source, names)
-    evaluate = compiler.compile(tree.body, 0)
-    return Expression(source, evaluate, frozenset(compiler.used), frozenset(compiler.columns))
+    checker = _Checker(source, names)
+    checker.check(tree.body, 0)
+    evaluate, code = generate(tree.body, source, names, guard)
+    return Expression(source, evaluate, frozenset(checker.used), frozenset(checker.columns), code)
 
 
 def _parse(source: str) -> ast.Expression:
@@ -151,7 +148,10 @@ _FORBIDDEN = {
 }
 
 
-class _Compiler:
+class _Checker:
+    """Walks the parsed tree: refuses what the language does not have, notes the names and columns read,
+    and computes each part that reads no name (see :meth:`probe`)."""
+
     def __init__(self, source: str, names: Mapping[str, NameSpec]) -> None:
         self.source = source
         self.names = names
@@ -160,7 +160,7 @@ class _Compiler:
         self._row_bases: set[int] = set()  # Name nodes read as `name.column`, not as whole rows
         self.count = 0
 
-    def compile(self, node: ast.AST, depth: int) -> Getter:
+    def check(self, node: ast.AST, depth: int) -> None:
         self.count += 1
         if self.count > MAX_NODES:
             raise ExprError(f"expression is too large (more than {MAX_NODES} parts); split it with let entries")
@@ -171,16 +171,16 @@ class _Compiler:
             raise ExprError(_FORBIDDEN.get(type(node)) or f"{type(node).__name__} is not allowed in mapping "
                             "expressions (allowed: literals, names, .field, [index], comparisons, and/or/not, "
                             "arithmetic, in, x if c else y, and the listed functions)")
-        getter = handler(self, node, depth + 1)
+        handler(self, node, depth + 1)
         if not isinstance(node, ast.Constant) and _is_constant(node):
-            self.probe(node, getter)
-        return getter
+            self.probe(node)
 
-    def probe(self, node: ast.AST, getter: Getter) -> None:
+    def probe(self, node: ast.AST) -> None:
         """Compute a part that reads no name once, now: if it is too large for any change, say so at load.
         Other failures stay run-time errors of the field (the part may sit in a branch never taken)."""
+        evaluate, _ = generate(node, self.source, {})
         try:
-            getter(None)
+            evaluate(None)
         except ResultTooLarge as exc:
             text, message = self.text(node), str(exc)
             where = "" if message.startswith(f"'{text}'") else f"'{text}': "
@@ -192,25 +192,22 @@ class _Compiler:
     def text(self, node: ast.AST) -> str:
         return ast.get_source_segment(self.source, node) or ast.unparse(node)
 
-    def constant(self, node: ast.Constant, depth: int) -> Getter:
+    def constant(self, node: ast.Constant, depth: int) -> None:
         value: Any = node.value
         if isinstance(value, float):
             if not math.isfinite(value):
                 raise ExprError(f"the number {self.text(node)} is out of range")
-            value = Decimal(repr(value))  # 1.10 means the exact decimal, as money needs
         elif value is not None and not isinstance(value, (bool, int, str)):
             raise ExprError(f"{type(value).__name__} literals are not allowed (use strings, numbers, "
                             "true/false as True/False, or None)")
-        return lambda scope: value
 
-    def name(self, node: ast.Name, depth: int) -> Getter:
+    def name(self, node: ast.Name, depth: int) -> None:
         spec = self.names.get(node.id)
         if spec is None:
             raise ExprError(self.unknown_name(node.id))
         self.used.add(node.id)
         if spec.attrs_are in _ROW_NAMES and spec.owner and id(node) not in self._row_bases:
             self.columns.add((spec.owner, "*"))
-        return spec.getter
 
     def unknown_name(self, name: str) -> str:
         if name in FUNCTIONS:
@@ -219,7 +216,7 @@ class _Compiler:
         return (f"unknown name '{name}' (expected one of {', '.join(self.names)})"
                 + (f"; did you mean '{hint[0]}'?" if hint else ""))
 
-    def attribute(self, node: ast.Attribute, depth: int) -> Getter:
+    def attribute(self, node: ast.Attribute, depth: int) -> None:
         attr = node.attr
         if attr.startswith("_"):
             raise ExprError(f"attribute '{attr}' is not allowed: names starting with '_' are never readable")
@@ -235,110 +232,48 @@ class _Compiler:
             if spec.attrs_are in _ROW_NAMES and spec.owner:
                 self.columns.add((spec.owner, attr))
                 self._row_bases.add(id(base))
-        read = self.compile(base, depth)
-        where = self.text(node)
-        return lambda scope: read_field(read(scope), attr, where)
+        self.check(base, depth)
 
-    def subscript(self, node: ast.Subscript, depth: int) -> Getter:
-        read = self.compile(node.value, depth)
-        index = self.compile(node.slice, depth)
-        where = self.text(node)
-        return lambda scope: read_field(read(scope), index(scope), where)
+    def subscript(self, node: ast.Subscript, depth: int) -> None:
+        self.check(node.value, depth)
+        self.check(node.slice, depth)
 
-    def compare(self, node: ast.Compare, depth: int) -> Getter:
+    def compare(self, node: ast.Compare, depth: int) -> None:
         for op, right in zip(node.ops, node.comparators):
             if isinstance(op, (ast.Is, ast.IsNot)) and not _is_none(right):
                 raise ExprError("'is' / 'is not' may only compare with None; use == for values")
-        first = self.compile(node.left, depth)
-        pairs = [(COMPARISONS[type(op)], self.compile(r, depth)) for op, r in zip(node.ops, node.comparators)]
-        text = self.text(node)
+        self.check(node.left, depth)
+        for right in node.comparators:
+            self.check(right, depth)
 
-        def compare(scope: Any) -> bool:
-            left = first(scope)
-            for op, get_right in pairs:
-                right = get_right(scope)
-                try:
-                    if not op(left, right):
-                        return False
-                except TypeError:
-                    raise EvalError(f"cannot compare {type_name(left)} with {type_name(right)} in '{text}'") from None
-                left = right
-            return True
+    def boolop(self, node: ast.BoolOp, depth: int) -> None:
+        for value in node.values:
+            self.check(value, depth)
 
-        return compare
+    def unaryop(self, node: ast.UnaryOp, depth: int) -> None:
+        self.check(node.operand, depth)
+        if not isinstance(node.op, (ast.Not, ast.USub, ast.UAdd)):
+            raise ExprError("bitwise ~ is not allowed")
 
-    def boolop(self, node: ast.BoolOp, depth: int) -> Getter:
-        parts = [self.compile(v, depth) for v in node.values]
-        if isinstance(node.op, ast.And):
-            def all_of(scope: Any) -> Any:
-                value = None
-                for part in parts:
-                    value = part(scope)
-                    if not value:
-                        return value
-                return value
-            return all_of
-
-        def any_of(scope: Any) -> Any:
-            value = None
-            for part in parts:
-                value = part(scope)
-                if value:
-                    return value
-            return value
-        return any_of
-
-    def unaryop(self, node: ast.UnaryOp, depth: int) -> Getter:
-        operand = self.compile(node.operand, depth)
-        if isinstance(node.op, ast.Not):
-            return lambda scope: not operand(scope)
-        if isinstance(node.op, (ast.USub, ast.UAdd)):
-            negate = isinstance(node.op, ast.USub)
-
-            def sign(scope: Any) -> Any:
-                value = operand(scope)
-                if type(value) is Decimal:
-                    return DECIMAL_CONTEXT.minus(value) if negate else value
-                if type(value) in (int, float):
-                    return -value if negate else value
-                raise EvalError(f"cannot negate a {type_name(value)}")
-            return sign
-        raise ExprError("bitwise ~ is not allowed")
-
-    def binop(self, node: ast.BinOp, depth: int) -> Getter:
+    def binop(self, node: ast.BinOp, depth: int) -> None:
         if isinstance(node.op, ast.Pow):
-            return self.power(node, depth)
+            self.power(node, depth)
+            return
         if isinstance(node.op, ast.Mult):
             self.check_degree(node)
-        op = BINARY_OPERATORS.get(type(node.op))
-        if op is None:
+        if type(node.op) not in BINARY_OPERATORS:
             raise ExprError(f"operator {type(node.op).__name__} is not allowed (allowed: + - * / // % ** & |)")
-        left, right = self.compile(node.left, depth), self.compile(node.right, depth)
-        return lambda scope: op(left(scope), right(scope))
+        self.check(node.left, depth)
+        self.check(node.right, depth)
 
-    def power(self, node: ast.BinOp, depth: int) -> Getter:
+    def power(self, node: ast.BinOp, depth: int) -> None:
         exponent = node.right
         if not (isinstance(exponent, ast.Constant) and type(exponent.value) is int
                 and 0 <= exponent.value <= MAX_EXPONENT):
             raise ExprError(f"the exponent of ** must be an integer literal from 0 to {MAX_EXPONENT}, "
                             f"not '{self.text(exponent)}'")
         self.check_degree(node)
-        base, n, text = self.compile(node.left, depth), exponent.value, self.text(node)
-
-        def power(scope: Any) -> Any:
-            value = base(scope)
-            if type(value) is int:
-                return int_power(value, n, f"'{text}'")
-            if type(value) is Decimal:
-                try:
-                    return DECIMAL_CONTEXT.power(value, n)
-                except decimal.Overflow:
-                    raise ResultTooLarge(f"'{text}': the result is too large (decimals go up to "
-                                         f"1E+{DECIMAL_CONTEXT.Emax})") from None
-                except ArithmeticError as exc:
-                    raise EvalError(f"'{text}': {type(exc).__name__}") from None
-            raise EvalError(f"cannot raise a {type_name(value)} to a power")
-        return power
+        self.check(node.left, depth)
 
     def check_degree(self, node: ast.AST) -> None:
         degree = _degree(node)
@@ -347,30 +282,18 @@ class _Compiler:
                             f"factors add): any integer above 1 would exceed {MAX_INT_BITS} bits; at most "
                             f"{MAX_INT_BITS}")
 
-    def ifexp(self, node: ast.IfExp, depth: int) -> Getter:
-        test, body, orelse = (self.compile(n, depth) for n in (node.test, node.body, node.orelse))
-        return lambda scope: body(scope) if test(scope) else orelse(scope)
+    def ifexp(self, node: ast.IfExp, depth: int) -> None:
+        for part in (node.test, node.body, node.orelse):
+            self.check(part, depth)
 
-    def sequence(self, node: ast.List | ast.Tuple | ast.Set, depth: int) -> Getter:
-        items = [self.compile(e, depth) for e in node.elts]
-        if isinstance(node, ast.Set):
-            if all(isinstance(e, ast.Constant) for e in node.elts):
-                frozen = frozenset(item(None) for item in items)
-                return lambda scope: frozen
+    def sequence(self, node: ast.List | ast.Tuple | ast.Set, depth: int) -> None:
+        for item in node.elts:
+            self.check(item, depth)
 
-            def make_set(scope: Any) -> frozenset[Any]:
-                try:
-                    return frozenset(item(scope) for item in items)
-                except TypeError:
-                    raise EvalError("a set can only hold strings, numbers and null") from None
-            return make_set
-        kind = list if isinstance(node, ast.List) else tuple
-        return lambda scope: kind(item(scope) for item in items)
-
-    def call(self, node: ast.Call, depth: int) -> Getter:
+    def call(self, node: ast.Call, depth: int) -> None:
         if not isinstance(node.func, ast.Name):
             # Report what is wrong inside first (a lambda, an unknown function such as __import__).
-            self.compile(node.func.value if isinstance(node.func, ast.Attribute) else node.func, depth)
+            self.check(node.func.value if isinstance(node.func, ast.Attribute) else node.func, depth)
             raise ExprError(f"only the listed functions can be called, e.g. lower(x), not methods or other "
                             f"values: '{self.text(node)}' (functions: {', '.join(FUNCTIONS)})")
         name = node.func.id
@@ -381,33 +304,12 @@ class _Compiler:
                             + (f"; did you mean '{hint[0]}'?" if hint else ""))
         if node.keywords:
             raise ExprError(f"{name}() takes no keyword arguments")
-        impl, lowest, highest = spec
+        _, lowest, highest = spec
         if not lowest <= len(node.args) <= highest:
             wanted = str(lowest) if lowest == highest else f"{lowest} to {highest}"
             raise ExprError(f"{name}() takes {wanted} arguments, got {len(node.args)}")
-        args = [self.compile(a, depth) for a in node.args]
-        if name == "known":
-            inner = args[0]
-
-            def known(scope: Any) -> bool:
-                try:
-                    inner(scope)
-                except UnknownValue:
-                    return False
-                return True
-            return known
-        if name == "coalesce":  # lazy: later arguments are not read once one is non-null
-            def coalesce(scope: Any) -> Any:
-                for arg in args:
-                    value = arg(scope)
-                    if value is not None:
-                        return value
-                return None
-            return coalesce
-        if len(args) == 1:
-            only = args[0]
-            return lambda scope: impl(only(scope))
-        return lambda scope: impl(*(arg(scope) for arg in args))
+        for arg in node.args:
+            self.check(arg, depth)
 
 
 def _is_none(node: ast.AST) -> bool:
@@ -436,10 +338,10 @@ def _degree(node: ast.AST) -> int:
     return 1
 
 
-_HANDLERS: dict[type, Callable[[_Compiler, Any, int], Getter]] = {
-    ast.Constant: _Compiler.constant, ast.Name: _Compiler.name, ast.Attribute: _Compiler.attribute,
-    ast.Subscript: _Compiler.subscript, ast.Compare: _Compiler.compare, ast.BoolOp: _Compiler.boolop,
-    ast.UnaryOp: _Compiler.unaryop, ast.BinOp: _Compiler.binop, ast.IfExp: _Compiler.ifexp,
-    ast.List: _Compiler.sequence, ast.Tuple: _Compiler.sequence, ast.Set: _Compiler.sequence,
-    ast.Call: _Compiler.call,
+_HANDLERS: dict[type, Callable[[_Checker, Any, int], None]] = {
+    ast.Constant: _Checker.constant, ast.Name: _Checker.name, ast.Attribute: _Checker.attribute,
+    ast.Subscript: _Checker.subscript, ast.Compare: _Checker.compare, ast.BoolOp: _Checker.boolop,
+    ast.UnaryOp: _Checker.unaryop, ast.BinOp: _Checker.binop, ast.IfExp: _Checker.ifexp,
+    ast.List: _Checker.sequence, ast.Tuple: _Checker.sequence, ast.Set: _Checker.sequence,
+    ast.Call: _Checker.call,
 }

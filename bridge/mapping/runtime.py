@@ -11,7 +11,7 @@ change of the same row in this transaction (the overlay), (3) the PriorRows prov
 them the rule fails with an error saying how to fix it.
 
 A transaction too large for memory (its changes a bridge.changes.StoredChanges, read back from disk) is
-translated in slices (translate.translate_in_slices): the overlay then holds only the current slice, since the
+translated in slices (translate_in_slices of translate.py, which calls next_slice): the overlay then holds only the current slice, since the
 slices before it are recorded in the PriorRows provider, which answers for them at their positions; its
 tables are read back per table, collect indexes hold positions rather than changes, and ``tx`` reads a table
 only when an expression asks for it.
@@ -25,13 +25,13 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from bridge.changes import UNKNOWN, Op, RowChange, StoredChanges, Transaction
-from bridge.mapping.prior_rows import PriorRows, fill_unknown, row_key
+from bridge.mapping.prior_rows import PriorRows, fill_unknown, has_unknown, row_key
 from bridge.mapping.values import EvalError
 
 if TYPE_CHECKING:
     from bridge.mapping.compiled import CompiledMappings
 
-__all__ = ["ChangeContext", "TxIndex", "TxView", "fill_unknown", "missing_before_message", "row_key"]
+__all__ = ["ChangeContext", "TxIndex", "TxView", "missing_before_message"]
 
 # `tx.<table>` of a stored transaction is rebuilt from disk on every read above this many changes.
 _VIEW_CACHE_CHANGES = 10_000
@@ -42,7 +42,10 @@ class _MissingBefore(Exception):
 
 
 _DELETED = object()
-_NO_IMAGE_OPS = frozenset({Op.CREATE, Op.READ, Op.TRUNCATE, Op.MESSAGE})
+# By letter (Op._value_): an Op is a StrEnum whose hash is a Python call, its letter a plain string.
+_NO_IMAGE_OPS = frozenset(op.value for op in (Op.CREATE, Op.READ, Op.TRUNCATE, Op.MESSAGE))
+# The members themselves, read once: `Op.UPDATE` goes through the enum class's attribute lookup every time.
+_CREATE, _UPDATE, _DELETE, _TRUNCATE = Op.CREATE, Op.UPDATE, Op.DELETE, Op.TRUNCATE
 
 
 class TxIndex:
@@ -58,6 +61,16 @@ class TxIndex:
         self._view: Mapping[str, tuple[Mapping[str, Any], ...]] | None = None
         # Per (schema, table, column): value -> the changes (positions in changes_of, when stored) with it.
         self._indexes: dict[tuple[str, str, str], dict[Any, Any] | None] = {}
+
+    def context(self, change: RowChange) -> ChangeContext:
+        """What expressions read of `change`. A row of a snapshot batch is a transaction of its own: no rule
+        sees the other rows of its batch."""
+        mark = self.tx.snapshot
+        if mark is None:
+            return ChangeContext(change, self)
+        return ChangeContext(change, TxIndex(Transaction(
+            xid=None, commit_lsn=change.position.commit_lsn, commit_time=change.commit_time, changes=(change,),
+            snapshot=mark), self.prior, self.mappings))
 
     def lookup(self, schema: str, table: str, column: str, value: Any) -> Iterable[RowChange] | None:
         """Changes of ``table`` whose row has ``column == value``, in order; None: scan instead."""
@@ -114,7 +127,7 @@ class TxIndex:
             self.overlay.clear()
 
     def before_image(self, change: RowChange) -> Mapping[str, Any] | None:
-        if change.op in _NO_IMAGE_OPS:
+        if change.op._value_ in _NO_IMAGE_OPS:
             return None
         before = change.before
         if before is not None and self._is_complete(change, before):
@@ -137,7 +150,7 @@ class TxIndex:
         The Debezium decoder marks the non-key columns of a key-only image UNKNOWN (Debezium fills them
         with made-up nulls and empty strings), so any UNKNOWN makes the image incomplete.
         """
-        if any(value is UNKNOWN for value in before.values()):
+        if has_unknown(before):
             return False
         if not change.key or len(before) > len(change.key):
             return True
@@ -150,19 +163,19 @@ class TxIndex:
         if table not in self.mappings.overlay_tables:
             return
         rows = self.overlay.setdefault(table, {})
-        if change.op is Op.TRUNCATE:
+        if change.op is _TRUNCATE:
             rows.clear()
         if change.old_key:
             rows[row_key(change.old_key)] = _DELETED
         if not change.key:
             return
-        if change.op is Op.DELETE:
+        if change.op is _DELETE:
             rows[row_key(change.key)] = _DELETED
         elif change.after is not None:
             known_before = None
             if ctx is not None and ctx._resolved:
                 known_before = ctx._before
-            elif change.op is Op.UPDATE and any(value is UNKNOWN for value in change.after.values()):
+            elif change.op is _UPDATE and has_unknown(change.after):
                 # No rule read the old row, yet it fills what the stream left out, as the prior-row store
                 # does when it records the change: a later slice reads this row there, and must agree.
                 known_before = ctx.before_if_known() if ctx is not None else self._before_if_known(change)
@@ -230,7 +243,7 @@ class ChangeContext:
         self.change, self.txi = change, txi
         self.after = change.after
         self.key = change.key if change.key is not None else {}
-        self.op = change.op.value
+        self.op = change.op._value_  # .value is a Python-level property of enums; the attribute is not
         self._resolved = False
         self._changed: frozenset[str] | None = None
 
@@ -256,13 +269,14 @@ class ChangeContext:
     def changed(self) -> frozenset[str]:
         if self._changed is None:
             after, op = self.after or {}, self.change.op
-            if op is Op.UPDATE:
+            if op is _UPDATE:
                 before = self.before() or {}
-                self._changed = frozenset(
+                # (set comprehensions: one frame for the loop, where a generator resumes once per column)
+                self._changed = frozenset({
                     column for column, value in after.items()
-                    if value is not UNKNOWN and before.get(column, _DELETED) != value)
-            elif op is Op.CREATE:
-                self._changed = frozenset(column for column, value in after.items() if value is not UNKNOWN)
+                    if value is not UNKNOWN and before.get(column, _DELETED) != value})
+            elif op is _CREATE:
+                self._changed = frozenset({column for column, value in after.items() if value is not UNKNOWN})
             else:
                 self._changed = frozenset()
         return self._changed

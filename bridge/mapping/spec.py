@@ -1,7 +1,7 @@
 """The models of a mapping file: its declared shape (pydantic), the problems pydantic finds, and column types.
 
 The models describe the file only; expressions stay strings here and the rule compiler (compile.py)
-compiles them into closures, collected in the CompiledRule/CompiledMappings of compiled.py.
+compiles them into Python functions, collected in the CompiledRule/CompiledMappings of compiled.py.
 
 A mapping file::
 

@@ -6,12 +6,9 @@ by (schema, table, op); for each change, ignore rules are tried first (one that 
 change), then every emitting rule whose ``when`` holds emits its events.
 Events come out in transaction order, then rule order, then emit order.
 
-Old values ("before images"): under REPLICA IDENTITY DEFAULT an update carries no before image and a
-delete only the key. A rule that reads ``before`` or ``changed`` then gets the old row, lazily and only
-when it actually reads it, from (1) the change itself when its before image is complete, (2) an earlier
-change of the same row in this transaction (the overlay), (3) the PriorRows provider. Without any of
-them the rule fails with a TranslationError saying how to fix it. (That lookup, and what else one
-transaction's translation shares, is in runtime.py; what compiled rules call is in closures.py.)
+What one transaction's translation shares (changes by table, the overlay of rows it wrote, each change's
+context and its old row, looked up only when a rule reads ``before`` or ``changed``) is in runtime.py;
+what compiled rules call is in closures.py.
 
 A transaction can also be translated in slices (:func:`translate_in_slices`), so that a very large one is
 never held as one list of changes and events: the events are exactly those of translating it whole.
@@ -33,6 +30,9 @@ from bridge.mapping.compiled import CompiledEmit, CompiledMappings, CompiledRule
 from bridge.mapping.prior_rows import InMemoryPriorRows, PriorRows, RecordingPriorRows
 from bridge.mapping.runtime import ChangeContext, TxIndex
 
+# The members themselves, read once: `Op.READ` goes through the enum class's attribute lookup every time.
+_READ, _MESSAGE = Op.READ, Op.MESSAGE
+
 __all__ = ["DeadLetter", "InMemoryPriorRows", "PriorRows", "TranslatedSlice", "TranslationResult", "translate",
            "translate_in_slices"]
 
@@ -51,13 +51,19 @@ class DeadLetter:
     on_error: str = "dead_letter"
 
 
+def _counter() -> Counter[str]:
+    """An empty Counter without Counter.__init__ (a Python call to update() with nothing): a Counter holds
+    no state beyond its dict, and one transaction's result makes three."""
+    return Counter.__new__(Counter)
+
+
 @dataclass(slots=True)
 class TranslationResult:
     events: list[DomainEvent] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
-    unmatched: Counter[str] = field(default_factory=Counter)  # per table: changes no rule looked at
-    ignored: Counter[str] = field(default_factory=Counter)  # per table: changes an ignore rule silenced
-    rule_hits: Counter[str] = field(default_factory=Counter)  # per rule id: changes it emitted for or ignored
+    unmatched: Counter[str] = field(default_factory=_counter)  # per table: changes no rule looked at
+    ignored: Counter[str] = field(default_factory=_counter)  # per table: changes an ignore rule silenced
+    rule_hits: Counter[str] = field(default_factory=_counter)  # per rule id: changes it emitted for or ignored
 
 
 @dataclass(slots=True)  # (not frozen: one is made per transaction, and a frozen __init__ costs more)
@@ -134,24 +140,21 @@ def _translate_changes(changes: Iterable[RowChange], txi: TxIndex, mappings: Com
     index = mappings.index
     mark = txi.tx.snapshot
     for change in changes:
-        if change.op is Op.MESSAGE:
+        if change.op is _MESSAGE:
             continue  # logical messages are not row changes; nothing maps them (yet)
-        rules = index.get((change.schema, change.table, change.op))
+        rules = index.get((change.schema, change.table, change.op._value_))
         if rules is None:
             result.unmatched[change.table] += 1
             txi.record(change, None)
             continue
-        # A row of a snapshot batch is a transaction of its own: no rule sees the other rows of its batch.
-        ctx = ChangeContext(change, txi if mark is None else TxIndex(Transaction(
-            xid=None, commit_lsn=change.position.commit_lsn, commit_time=change.commit_time, changes=(change,),
-            snapshot=mark), txi.prior, mappings))
+        ctx = txi.context(change)
         ignores, emitters = rules
         if _silenced(ignores, ctx, result, stopped_rules):
             txi.record(change, ctx)
             continue
         matched = failed = False
         emitted = 0  # events of this change so far: the change-level part of `sequence`
-        reading = change.op is Op.READ
+        reading = change.op is _READ
         for rule in emitters:
             scope = Scope(ctx, rule.lets)
             try:
@@ -191,10 +194,11 @@ def _silenced(ignores: tuple[CompiledRule, ...], ctx: ChangeContext, result: Tra
               stopped_rules: Mapping[str, str] | None) -> bool:
     """True when an ignore rule silences the change, or when one failed (then the change is dead-lettered)."""
     for rule in ignores:
+        when = rule.when
         try:
             if stopped_rules and rule.id in stopped_rules:
                 raise TranslationError(f"rule '{rule.id}' is stopped: {stopped_rules[rule.id]}")
-            if rule.when is not None and not rule.when(Scope(ctx, rule.lets)):
+            if when is not None and not when(Scope(ctx, rule.lets)):
                 continue
         except TranslationError as exc:
             _fail(rule, ctx.change, exc, result)

@@ -3,7 +3,8 @@
 A compiled expression raises :class:`EvalError` when it fails on a change (or :class:`UnknownValue` when it
 meets an unchanged TOAST value); the translator turns that into a ``TranslationError`` naming the rule and
 the field. :func:`read_field` is how ``a.b`` and ``a[b]`` read rows and JSON values (mapping lookups, never
-``getattr``), and the operator tables give ``+ - * / // % & |``, comparisons and ``in`` their meaning.
+``getattr``), the operator table gives ``+ - * / // % & |`` their meaning, and the helpers below give
+``in``, failed comparisons, ``-`` and ``**`` theirs.
 
 Money stays exact: ``/`` on integers and decimals divides decimally, and decimal arithmetic runs in one
 fixed context rather than the thread's (which anyone may change), so the same change always yields the
@@ -200,15 +201,45 @@ BINARY_OPERATORS: dict[type, Callable[[Any, Any], Any]] = {
 }
 
 
-def _contains(item: Any, container: Any) -> bool:
+def contains(item: Any, container: Any) -> bool:
+    """``item in container``, for the containers of the language only."""
     if isinstance(container, (set, frozenset, list, tuple, str, Mapping)):
         return item in container
     raise EvalError(f"'in' needs a set, list, string or object on its right, got {type_name(container)}")
 
 
-#: The comparison operators, by ast node type.
-COMPARISONS: dict[type, Callable[[Any, Any], bool]] = {
-    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
-    ast.Gt: operator.gt, ast.GtE: operator.ge, ast.Is: operator.is_, ast.IsNot: operator.is_not,
-    ast.In: _contains, ast.NotIn: lambda a, b: not _contains(a, b),
-}
+def compare_error(left: Any, right: Any, text: str) -> EvalError:
+    """What a comparison that Python refused (TypeError) raises instead."""
+    return EvalError(f"cannot compare {type_name(left)} with {type_name(right)} in '{text}'")
+
+
+def negate(value: Any) -> Any:
+    """``-value`` of a number (a decimal in the fixed context)."""
+    if type(value) is Decimal:
+        return DECIMAL_CONTEXT.minus(value)
+    if type(value) in (int, float):
+        return -value
+    raise EvalError(f"cannot negate a {type_name(value)}")
+
+
+def positive(value: Any) -> Any:
+    """``+value`` of a number: the number itself."""
+    if type(value) in (Decimal, int, float):
+        return value
+    raise EvalError(f"cannot negate a {type_name(value)}")  # the closure compiler's wording, kept
+
+
+def power(value: Any, exponent: int, text: str) -> Any:
+    """``value ** exponent`` (an integer literal from 0 to 64, checked at load) within the bounds; `text`
+    is the expression, for messages."""
+    if type(value) is int:
+        return int_power(value, exponent, f"'{text}'")
+    if type(value) is Decimal:
+        try:
+            return DECIMAL_CONTEXT.power(value, exponent)
+        except decimal.Overflow:
+            raise ResultTooLarge(f"'{text}': the result is too large (decimals go up to "
+                                 f"1E+{DECIMAL_CONTEXT.Emax})") from None
+        except ArithmeticError as exc:
+            raise EvalError(f"'{text}': {type(exc).__name__}") from None
+    raise EvalError(f"cannot raise a {type_name(value)} to a power")

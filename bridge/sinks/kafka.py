@@ -8,6 +8,9 @@ Size: the broker refuses a record batch larger than the topic's `max.message.byt
 again at every restart. So the sink reads that limit of its topics at start, takes the smaller of it
 and `sink.max_message_bytes`, keeps producer batches within it, and checks every record before
 sending: one too large is reported as RecordTooLarge (nothing sent), which the pipeline dead-letters.
+
+Two producer libraries, chosen by sink.client: KafkaEventSink here (kafka-python, the default) and
+bridge/sinks/kafka_confluent.py (confluent-kafka); KafkaSinkBase holds what they share, topic admin included.
 """
 
 from __future__ import annotations
@@ -40,9 +43,11 @@ MAX_BATCH_BYTES = 256 * 1024  # producer batches, unless the size limit is small
 CLOSE_TIMEOUT_S = 10.0
 
 
-class KafkaEventSink:
+class KafkaSinkBase:
+    """What both Kafka clients share: opening (topics, size limit, warm-up), topic naming and the size check."""
+
     @classmethod
-    def open(cls, settings: KafkaSink, aggregates: list[tuple[str, str]]) -> KafkaEventSink:
+    def open(cls, settings: KafkaSink, aggregates: list[tuple[str, str]]) -> KafkaSinkBase:
         """The sink for these (namespace, aggregate type) pairs: topics created if missing (create_topics),
         the size limit read from them, topic metadata fetched."""
         require_resolvable(settings.bootstrap_servers, "sink.bootstrap_servers")
@@ -57,7 +62,7 @@ class KafkaEventSink:
         log.info("record size limit", extra={"max_message_bytes": limit, "limited_by": limited_by})
         sink = cls(settings, max_message_bytes=limit, limited_by=limited_by)
         if settings.create_topics:
-            sink.warm_up(aggregates)
+            sink.warm_up(topics)
         return sink
 
     def __init__(self, settings: KafkaSink, *, max_message_bytes: int | None = None,
@@ -67,6 +72,56 @@ class KafkaEventSink:
         self.on_delivered: Callable[[str, int, int], None] | None = None
         self.max_message_bytes = min(max_message_bytes or settings.max_message_bytes, settings.max_message_bytes)
         self._limited_by = limited_by
+        self._topics: dict[tuple[str, str], str] = {}
+
+    def topic_of(self, event: DomainEvent) -> str:
+        namespace = event.type.rsplit(".", 3)[0]
+        cache_key = (namespace, event.aggregate_type)
+        topic = self._topics.get(cache_key)
+        if topic is None:
+            topic = self._topics[cache_key] = self._settings.topic_for(namespace, event.aggregate_type)
+        return topic
+
+    def publish(self, event: DomainEvent, on_delivery: DeliveryCallback) -> None:
+        self._send(self.topic_of(event), event.key(), event.value(), event.headers(), on_delivery,
+                   what=f"event {event.id} ({event.type})")
+
+    def publish_dead_letter(self, record: dict[str, Any], key: bytes | None, on_delivery: DeliveryCallback) -> None:
+        self._send(self._settings.dead_letter_topic, key, encode_dead_letter(record),
+                   [("content-type", b"application/json")], on_delivery, what="dead letter")
+
+    def _send(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]],
+              on_delivery: DeliveryCallback, *, what: str) -> None:
+        # kafka-python's estimate of a one-record batch, batch header included: at least librdkafka's own count
+        # of a record (which leaves the batch header out), so one check serves both clients.
+        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
+        if size > self.max_message_bytes:
+            on_delivery(RecordTooLarge(size, self.max_message_bytes, f"Kafka topic {topic} (limit: {self._limited_by})"))
+            return
+        self._produce(topic, key, value, headers, on_delivery, what)
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]],
+                 on_delivery: DeliveryCallback, what: str) -> None:
+        """Send one record known to be within the size limit; its outcome goes to `on_delivery`."""
+        raise NotImplementedError
+
+    def warm_up(self, topics: list[str]) -> None:
+        """Fetch these topics' metadata now, so the first send to each does not wait for it."""
+        raise NotImplementedError
+
+    def flush(self, timeout_s: float) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class KafkaEventSink(KafkaSinkBase):
+    """The sink on kafka-python's producer (sink.client: kafka-python, the default)."""
+
+    def __init__(self, settings: KafkaSink, *, max_message_bytes: int | None = None,
+                 limited_by: str = "sink.max_message_bytes") -> None:
+        super().__init__(settings, max_message_bytes=max_message_bytes, limited_by=limited_by)
         delivery_timeout_ms = int(settings.delivery_timeout_s * 1000)
         try:
             self._producer = KafkaProducer(
@@ -91,41 +146,19 @@ class KafkaEventSink:
             raise ConfigurationError(f"the Kafka producer refuses the sink settings: {exc}") from exc
         except KafkaError as exc:  # kafka-python 3 raises KafkaTimeoutError when bootstrap fails
             raise broker_unreachable(settings.bootstrap_servers, "sink.bootstrap_servers", exc) from exc
-        self._topics: dict[tuple[str, str], str] = {}
 
-    def topic_of(self, event: DomainEvent) -> str:
-        namespace = event.type.rsplit(".", 3)[0]
-        cache_key = (namespace, event.aggregate_type)
-        topic = self._topics.get(cache_key)
-        if topic is None:
-            topic = self._topics[cache_key] = self._settings.topic_for(namespace, event.aggregate_type)
-        return topic
-
-
-    def warm_up(self, aggregates: list[tuple[str, str]]) -> None:
+    def warm_up(self, topics: list[str]) -> None:
         """Fetch the partitions of every event topic now: otherwise the first send to each topic waits for a
         metadata round trip, which made the first second's events 200-250 ms late. For topics known to
         exist (ensure_topics ran): kafka-python blocks up to max_block_ms on a missing one."""
-        for topic in sorted(_topics_for(self._settings, aggregates)):
+        for topic in topics:
             try:
                 self._producer.partitions_for(topic)
             except KafkaError as exc:  # the first send looks it up again, and reports what is wrong
                 log.warning("topic metadata not available yet", extra={"topic": topic, "error": str(exc)})
 
-    def publish(self, event: DomainEvent, on_delivery: DeliveryCallback) -> None:
-        self._send(self.topic_of(event), event.key(), event.value(), event.headers(), on_delivery,
-                   what=f"event {event.id} ({event.type})")
-
-    def publish_dead_letter(self, record: dict[str, Any], key: bytes | None, on_delivery: DeliveryCallback) -> None:
-        self._send(self._settings.dead_letter_topic, key, encode_dead_letter(record),
-                   [("content-type", b"application/json")], on_delivery, what="dead letter")
-
-    def _send(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]],
-              on_delivery: DeliveryCallback, *, what: str) -> None:
-        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
-        if size > self.max_message_bytes:
-            on_delivery(RecordTooLarge(size, self.max_message_bytes, f"Kafka topic {topic} (limit: {self._limited_by})"))
-            return
+    def _produce(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]],
+                 on_delivery: DeliveryCallback, what: str) -> None:
         try:
             future = self._producer.send(topic, key=key, value=value, headers=headers)
         except KafkaError as exc:
@@ -226,8 +259,22 @@ def _delivery_error(exc: BaseException, what: str, topic: str) -> DeliveryError:
     """Waiting can help when kafka-python says so (a timeout, a lost broker); a record refused for good (not
     authorised, say) is refused again, and stops the bridge (exit 1) instead of being retried."""
     if isinstance(exc, MessageSizeTooLargeError):  # checked before sending: the topic's limit shrank since start
-        # Retryable: the daemon's next run reopens the sink, which reads the new limit and dead-letters the record.
-        return DeliveryError(f"Kafka refused {what} on {topic} as too large ({exc}): the topic's max.message.bytes "
-                             "was lowered after the sink opened; reopening it reads the new limit", retryable=True)
+        return refused_as_too_large(what, topic, exc)
     retryable = bool(getattr(exc, "retriable", False)) or isinstance(exc, KafkaConnectionError)
     return DeliveryError(f"Kafka did not acknowledge {what} on {topic}: {exc}", retryable=retryable)
+
+
+def refused_as_too_large(what: str, topic: str, exc: object) -> DeliveryError:
+    """The broker refused a record the sink's own check let through: the topic's limit shrank since the sink opened.
+    Retryable: the daemon's next run reopens the sink, which reads the new limit and dead-letters the record."""
+    return DeliveryError(f"Kafka refused {what} on {topic} as too large ({exc}): the topic's max.message.bytes "
+                         "was lowered after the sink opened; reopening it reads the new limit", retryable=True)
+
+
+def sink_class(settings: KafkaSink) -> type[KafkaSinkBase]:
+    """The sink on the producer library sink.client names."""
+    if settings.client == "confluent":
+        from bridge.sinks.kafka_confluent import ConfluentEventSink
+
+        return ConfluentEventSink
+    return KafkaEventSink

@@ -34,7 +34,8 @@ AGGREGATES = ("customer", "menu_item", "order")
 class Run:
     """One bridge configuration against one test database, with its topics and consumer group."""
 
-    def __init__(self, stack: StackInfo, capture: DebeziumCapture, tmp_path: Path, sink: dict | None = None) -> None:
+    def __init__(self, stack: StackInfo, capture: DebeziumCapture, tmp_path: Path, sink: dict | None = None,
+                 client: str = "kafka-python") -> None:
         suffix = uuid.uuid4().hex[:6]
         self.stack, self.capture = stack, capture
         self.group = f"bridge-{suffix}"
@@ -45,7 +46,7 @@ class Run:
             source={"bootstrap_servers": stack.bootstrap_servers, "topic_prefix": capture.topic_prefix,
                     "group_id": self.group, "transaction_wait_s": 60},
             sink=sink or {"bootstrap_servers": stack.bootstrap_servers, "topic_template": self.out + ".{aggregate_type}",
-                          "dead_letter_topic": f"{self.out}.dead-letters"})
+                          "dead_letter_topic": f"{self.out}.dead-letters", "client": client})
         self.log = tmp_path / "bridge.log"
 
     def bridge(self) -> BridgeProcess:
@@ -66,9 +67,9 @@ class Run:
 
 
 def test_legacy_traffic_becomes_domain_events_that_rebuild_the_legacy_state(
-    stack: StackInfo, debezium_capture: DebeziumCapture, tmp_path: Path
+    stack: StackInfo, debezium_capture: DebeziumCapture, tmp_path: Path, kafka_client: str
 ) -> None:
-    run = Run(stack, debezium_capture, tmp_path)
+    run = Run(stack, debezium_capture, tmp_path, client=kafka_client)
     bridge = run.bridge()
     try:
         report = run_simulation(debezium_capture.dsn, seed=11, count=1200)  # while the bridge runs
@@ -94,9 +95,9 @@ def test_legacy_traffic_becomes_domain_events_that_rebuild_the_legacy_state(
 
 
 def test_kill_9_mid_run_loses_nothing_and_repeats_only_identical_events(
-    stack: StackInfo, debezium_capture: DebeziumCapture, tmp_path: Path
+    stack: StackInfo, debezium_capture: DebeziumCapture, tmp_path: Path, kafka_client: str
 ) -> None:
-    run = Run(stack, debezium_capture, tmp_path)
+    run = Run(stack, debezium_capture, tmp_path, client=kafka_client)
     result: dict = {}
     traffic = threading.Thread(target=lambda: result.update(report=run_simulation(
         debezium_capture.dsn, seed=23, count=2000, rate=250)))

@@ -63,8 +63,8 @@ def seed() -> int:
 
 
 def test_twenty_kills_of_the_direct_bridge_lose_nothing(stack: StackInfo, fresh_legacy_db: str, tmp_path: Path,
-                                                        seed: int) -> None:
-    run = DirectRun(stack.bootstrap_servers, fresh_legacy_db, tmp_path)
+                                                        seed: int, kafka_client: str) -> None:
+    run = DirectRun(stack.bootstrap_servers, fresh_legacy_db, tmp_path, client=kafka_client)
     rng = random.Random(seed)
     result: dict = {}
     traffic = _traffic(run.dsn, seed, result)
@@ -96,8 +96,8 @@ def test_twenty_kills_of_the_direct_bridge_lose_nothing(stack: StackInfo, fresh_
 
 
 def test_twenty_kills_of_the_debezium_bridge_lose_nothing(stack: StackInfo, debezium_capture: DebeziumCapture,
-                                                          tmp_path: Path, seed: int) -> None:
-    run = Run(stack, debezium_capture, tmp_path)
+                                                          tmp_path: Path, seed: int, kafka_client: str) -> None:
+    run = Run(stack, debezium_capture, tmp_path, client=kafka_client)
     rng = random.Random(seed)
     result: dict = {}
     traffic = _traffic(debezium_capture.dsn, seed, result)

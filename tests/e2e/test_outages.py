@@ -117,11 +117,11 @@ def assert_everything_arrived(run: DirectRun) -> list[dict[str, Any]]:
 
 
 def test_kafka_stopped_longer_than_the_delivery_timeout_is_waited_for_and_nothing_is_lost(
-    fresh_legacy_db: str, private_kafka: PrivateService, tmp_path: Path,
+    fresh_legacy_db: str, private_kafka: PrivateService, tmp_path: Path, kafka_client: str,
 ) -> None:
     bootstrap = private_kafka.facts["bootstrap_servers"]
     run = DirectRun(bootstrap, fresh_legacy_db, tmp_path, sink={"delivery_timeout_s": DELIVERY_TIMEOUT_S},
-                    pipeline={"outage_limit_s": 900})
+                    pipeline={"outage_limit_s": 900}, client=kafka_client)
     bridge = run.bridge()
     try:
         run.wait_for_slot(bridge)
@@ -147,17 +147,18 @@ def test_kafka_stopped_longer_than_the_delivery_timeout_is_waited_for_and_nothin
     assert assert_everything_arrived(run) == []
 
 
-def refused_kafka_config(dsn: str, tmp_path: Path, limit_s: float) -> tuple[Path, int]:
+def refused_kafka_config(dsn: str, tmp_path: Path, limit_s: float, client: str) -> tuple[Path, int]:
     with socket.socket() as probe:  # a port nobody listens on: connections are refused, the host is fine
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     return write_e2e_config(tmp_path, source={"kind": "pgoutput", "dsn": dsn},
-                            sink={"bootstrap_servers": f"127.0.0.1:{port}"},
+                            sink={"bootstrap_servers": f"127.0.0.1:{port}", "client": client},
                             pipeline={"outage_limit_s": limit_s}), port
 
 
-def test_sigterm_while_waiting_for_kafka_stops_at_once_with_exit_code_0(fresh_legacy_db: str, tmp_path: Path) -> None:
-    config, port = refused_kafka_config(fresh_legacy_db, tmp_path, limit_s=900)
+def test_sigterm_while_waiting_for_kafka_stops_at_once_with_exit_code_0(fresh_legacy_db: str, tmp_path: Path,
+                                                                        kafka_client: str) -> None:
+    config, port = refused_kafka_config(fresh_legacy_db, tmp_path, limit_s=900, client=kafka_client)
     bridge = BridgeProcess(config, tmp_path / "bridge.log").start()
     try:
         wait_until(lambda: bool(messages(bridge, f"waiting for Kafka at 127.0.0.1:{port} since ")), bridge,
@@ -170,8 +171,9 @@ def test_sigterm_while_waiting_for_kafka_stops_at_once_with_exit_code_0(fresh_le
     assert_clean_log(bridge)
 
 
-def test_kafka_away_beyond_the_outage_limit_exits_3_with_one_line(fresh_legacy_db: str, tmp_path: Path) -> None:
-    config, port = refused_kafka_config(fresh_legacy_db, tmp_path, limit_s=12)
+def test_kafka_away_beyond_the_outage_limit_exits_3_with_one_line(fresh_legacy_db: str, tmp_path: Path,
+                                                                  kafka_client: str) -> None:
+    config, port = refused_kafka_config(fresh_legacy_db, tmp_path, limit_s=12, client=kafka_client)
     done = subprocess.run([sys.executable, "-m", "bridge.cli", "run", "--config", str(config)],
                           capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
     assert done.returncode == 3, done.stderr[-3000:]

@@ -7,6 +7,7 @@ and restarted, nothing is lost and every repeated event is byte-identical.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -27,8 +28,8 @@ from tests.support.local_stack import StackInfo
 
 
 @pytest.fixture
-def direct_run(stack: StackInfo, fresh_legacy_db: str, tmp_path: Path) -> Iterator[DirectRun]:
-    run = DirectRun(stack.bootstrap_servers, fresh_legacy_db, tmp_path)
+def direct_run(stack: StackInfo, fresh_legacy_db: str, tmp_path: Path, kafka_client: str) -> Iterator[DirectRun]:
+    run = DirectRun(stack.bootstrap_servers, fresh_legacy_db, tmp_path, client=kafka_client)
     try:
         yield run
     finally:
@@ -36,7 +37,7 @@ def direct_run(stack: StackInfo, fresh_legacy_db: str, tmp_path: Path) -> Iterat
 
 
 def test_legacy_traffic_read_directly_becomes_domain_events_that_rebuild_the_legacy_state(
-    direct_run: DirectRun,
+    direct_run: DirectRun, kafka_client: str,
 ) -> None:
     bridge = direct_run.bridge()
     try:
@@ -52,6 +53,9 @@ def test_legacy_traffic_read_directly_becomes_domain_events_that_rebuild_the_leg
     assert direct_run.dead_letters() == []
     assert_ordered_per_aggregate(records)
     assert_state_matches(fold(records), direct_run.dsn)
+    entries = [json.loads(line) for line in bridge.log().splitlines() if line.startswith("{")]
+    [started] = [entry for entry in entries if entry.get("message") == "started"]
+    assert started["sink"] == "kafka" and started["kafka_client"] == kafka_client, "the start line names the client"
 
 
 def test_kill_9_of_the_direct_bridge_loses_nothing_and_repeats_only_identical_events(direct_run: DirectRun) -> None:

@@ -137,6 +137,7 @@ def test_a_row_too_large_for_kafka_becomes_a_bounded_dead_letter_and_the_slot_mo
             if process is not None and process.alive():
                 process.kill()
     assert "MessageSizeTooLarge" not in direct_run.log.read_text()
+    assert "MSG_SIZE_TOO_LARGE" not in direct_run.log.read_text()  # the confluent client's name for it
 
     copies = direct_run.dead_letters()
     assert len({(r.key, r.value, tuple(r.headers)) for r in copies}) == 1, "a repeated dead letter is byte-identical"
@@ -150,32 +151,73 @@ def test_a_row_too_large_for_kafka_becomes_a_bounded_dead_letter_and_the_slot_mo
     assert set(_menu_item_events(direct_run.events())) == {3}
 
 
-def test_the_kafka_sink_takes_the_smaller_limit_of_its_setting_and_its_topics(stack: StackInfo) -> None:
-    """A topic's max.message.bytes below sink.max_message_bytes wins: the broker would refuse more."""
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
+def _reported(outcomes: list[Any], count: int, timeout_s: float = 30) -> list[Any]:
+    """`outcomes` once `count` delivery reports are in: after a flush, the last callback may still be running on
+    the client's thread (confluent-kafka's poll thread)."""
+    deadline = time.monotonic() + timeout_s
+    while len(outcomes) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return outcomes
 
-    from bridge.errors import RecordTooLarge
+
+def test_the_kafka_sink_takes_the_smaller_limit_of_its_setting_and_its_topics(stack: StackInfo,
+                                                                             kafka_client: str) -> None:
+    """A topic's max.message.bytes below sink.max_message_bytes wins: the broker would refuse more. A limit lowered
+    after the sink opened is the broker's refusal: a retryable DeliveryError (the next run reads the new limit)."""
+    from kafka import KafkaAdminClient, KafkaConsumer
+    from kafka.admin import ConfigResource, NewTopic
+    from kafka.partitioner.default import murmur2
+
+    from bridge.errors import DeliveryError, RecordTooLarge
     from bridge.settings import KafkaSink
-    from bridge.sinks.kafka import KafkaEventSink
+    from bridge.sinks.kafka import sink_class
 
     suffix = hashlib.sha1(str(time.time()).encode()).hexdigest()[:6]
     settings = KafkaSink(bootstrap_servers=stack.bootstrap_servers, topic_template=f"limit{suffix}.{{aggregate_type}}",
-                         dead_letter_topic=f"limit{suffix}.dead-letters")
+                         dead_letter_topic=f"limit{suffix}.dead-letters", client=kafka_client)
     admin = KafkaAdminClient(bootstrap_servers=stack.bootstrap_servers)
     try:
         admin.create_topics([NewTopic(f"limit{suffix}.order", 1, 1, topic_configs={"max.message.bytes": "50000"})])
+        sink = sink_class(settings).open(settings, [("restaurant", "order")])
+        try:
+            assert sink.max_message_bytes == 50_000
+            outcomes: list[Any] = []
+            sink.publish_dead_letter({"kind": "test", "junk": "x" * 60_000}, None, outcomes.append)
+            sink.publish_dead_letter({"kind": "test", "junk": "x" * 40_000}, None, outcomes.append)
+            sink.flush(30)
+            _reported(outcomes, 2)
+            assert isinstance(outcomes[0], RecordTooLarge) and outcomes[0].limit == 50_000
+            assert "max.message.bytes of topic limit" in str(outcomes[0])
+            assert outcomes[1:] == [None], "a record within the limit is acknowledged"
+
+            # Both clients put a key on the same partition (kafka-python's murmur2): order per aggregate holds
+            # across a change of sink.client.
+            keys = [f"order-{n}".encode() for n in range(30)]
+            acknowledged: list[Any] = []
+            for key in keys:
+                sink.publish_dead_letter({"kind": "test"}, key, acknowledged.append)
+            sink.flush(30)
+            assert _reported(acknowledged, len(keys)) == [None] * len(keys), "every keyed record acknowledged"
+            consumer = KafkaConsumer(f"limit{suffix}.dead-letters", bootstrap_servers=stack.bootstrap_servers,
+                                     auto_offset_reset="earliest", consumer_timeout_ms=5000)
+            try:
+                found = {record.key: record.partition for record in consumer if record.key in keys}
+            finally:
+                consumer.close()
+            partitions = settings.partitions
+            assert partitions > 1
+            assert found == {key: (murmur2(key) & 0x7FFFFFFF) % partitions for key in keys}
+
+            admin.alter_configs([ConfigResource("TOPIC", f"limit{suffix}.dead-letters",
+                                                {"max.message.bytes": "20000"})])
+            time.sleep(1)  # the broker applies a topic's new config asynchronously
+            refused: list[Any] = []
+            sink.publish_dead_letter({"kind": "test", "junk": "x" * 30_000}, None, refused.append)
+            sink.flush(30)
+            [error] = _reported(refused, 1)
+            assert isinstance(error, DeliveryError) and error.retryable, error
+            assert "as too large" in str(error) and "reopening it reads the new limit" in str(error)
+        finally:
+            sink.close()
     finally:
         admin.close()
-    sink = KafkaEventSink.open(settings, [("restaurant", "order")])
-    try:
-        assert sink.max_message_bytes == 50_000
-        outcomes: list[Any] = []
-        sink.publish_dead_letter({"kind": "test", "junk": "x" * 60_000}, None, outcomes.append)
-        sink.publish_dead_letter({"kind": "test", "junk": "x" * 40_000}, None, outcomes.append)
-        sink.flush(30)
-        assert isinstance(outcomes[0], RecordTooLarge) and outcomes[0].limit == 50_000
-        assert "max.message.bytes of topic limit" in str(outcomes[0])
-        assert outcomes[1:] == [None], "a record within the limit is acknowledged"
-    finally:
-        sink.close()

@@ -347,3 +347,24 @@ class _Checker:
             self._live_item(x.handle)
         else:
             assert x.handle in self.orders and x.handle not in self.deleted_orders, "touches a deleted order"
+
+
+def test_checkouts_mix_writes_whole_orders_of_10_to_50_lines_and_stays_valid() -> None:
+    actions = plan(42, 600, mix="checkouts")
+    checker = _Checker()
+    for step, action in enumerate(actions):
+        try:
+            checker.check(action)
+        except AssertionError as exc:
+            raise AssertionError(f"checkouts mix, step {step}: {action!r}: {exc}") from exc
+    checkouts = [x for x in actions if isinstance(x, a.Checkout)]
+    assert len(checkouts) > 0.8 * len(actions[1:])
+    assert {len(x.lines) for x in checkouts} <= set(range(10, 51))
+    assert min(len(x.lines) for x in checkouts) < 15 and max(len(x.lines) for x in checkouts) > 45
+    assert plan(42, 600, mix="checkouts") == actions  # as deterministic as the default mix
+    assert plan(42, 300) == plan(42, 300, mix="restaurant")  # the default mix is unchanged
+
+
+def test_an_unknown_mix_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="unknown traffic mix 'checkout'.*restaurant, checkouts"):
+        plan(1, 10, mix="checkout")

@@ -69,7 +69,12 @@ def parse_lsn(text: str) -> int:
 
 def pg_timestamp(micros: int) -> datetime:
     """A protocol timestamp (µs since 2000-01-01 UTC) as an aware UTC datetime."""
-    return PG_EPOCH + timedelta(microseconds=micros)
+    return PG_EPOCH + timedelta(0, 0, micros)  # (positional: a third cheaper than microseconds=)
+
+
+# The protocol timestamps pg_timestamp can represent (years 1..9999); others raise OverflowError there.
+_MIN_MICROS = (datetime.min.replace(tzinfo=UTC) - PG_EPOCH) // timedelta(microseconds=1)
+_MAX_MICROS = (datetime.max.replace(tzinfo=UTC) - PG_EPOCH) // timedelta(microseconds=1)
 
 
 # --- the messages -----------------------------------------------------------------------------------
@@ -191,6 +196,26 @@ def parse_message(data: bytes | bytearray | memoryview, lsn: int = 0) -> PgOutpu
     parser = _PARSERS.get(kind)
     if parser is None:
         raise PgOutputDecodeError(f"pgoutput message at LSN {lsn_text(lsn)}: {_unsupported(kind)}", lsn)
+    return _parsed(parser, data, lsn)
+
+
+def parse_fields(data: bytes, lsn: int = 0) -> tuple[Any, ...]:
+    """A Begin, Commit, Insert, Update or Delete message's fields as a plain tuple, without building its message
+    object (the assembler's hot path: a frozen dataclass costs more than parsing it), checked exactly as
+    parse_message checks it and raising the same errors:
+
+        B -> (66, final_lsn, commit timestamp in µs, xid)      (the µs, not a datetime: nothing reads it)
+        C -> (67, flags, commit_lsn, end_lsn, commit_time)
+        I, U, D -> (kind, relation_id, old_kind, old, new)   (old_kind and old None for I, new None for D)
+
+    `data` must be bytes whose first byte is one of those kinds (the caller looked): others are parse_message's.
+    """
+    return _parsed(_FIELDS[data[0]], data, lsn)
+
+
+def _parsed(parser: Callable[[bytes], tuple[Any, int]], data: bytes, lsn: int) -> Any:
+    """Run one message's parser; raise PgOutputDecodeError (naming the LSN) if the message is malformed."""
+    kind = data[0]
     try:
         message, end = parser(data)
     except PgOutputDecodeError:
@@ -235,9 +260,21 @@ def _begin(data: bytes) -> tuple[Begin, int]:
     return Begin(final_lsn, pg_timestamp(timestamp), xid), 1 + _BEGIN.size
 
 
+def _begin_fields(data: bytes) -> tuple[tuple[int, int, int, int], int]:
+    final_lsn, timestamp, xid = _BEGIN.unpack_from(data, 1)
+    if not _MIN_MICROS <= timestamp <= _MAX_MICROS:
+        pg_timestamp(timestamp)  # the OverflowError _begin raises for a time no datetime holds
+    return (66, final_lsn, timestamp, xid), 1 + _BEGIN.size
+
+
 def _commit(data: bytes) -> tuple[Commit, int]:
     flags, commit_lsn, end_lsn, timestamp = _COMMIT.unpack_from(data, 1)
     return Commit(flags, commit_lsn, end_lsn, pg_timestamp(timestamp)), 1 + _COMMIT.size
+
+
+def _commit_fields(data: bytes) -> tuple[tuple[int, int, int, int, datetime], int]:
+    flags, commit_lsn, end_lsn, timestamp = _COMMIT.unpack_from(data, 1)
+    return (67, flags, commit_lsn, end_lsn, pg_timestamp(timestamp)), 1 + _COMMIT.size
 
 
 def _origin(data: bytes) -> tuple[Origin, int]:
@@ -279,14 +316,14 @@ def _tuple(data: bytes, pos: int) -> tuple[TupleData, int]:
     values: list[Any] = []
     append = values.append
     unpack_length = _I32.unpack_from
+    size = len(data)
     for _ in range(count):
         kind = data[pos]
         if kind == 116:  # 't'
-            (length,) = unpack_length(data, pos + 1)
             start = pos + 5
-            pos = start + length
-            if pos > len(data):
-                raise _Malformed(f"a text value of {length} bytes runs past the end of the message")
+            pos = start + unpack_length(data, pos + 1)[0]
+            if pos > size:
+                raise _Malformed(f"a text value of {pos - start} bytes runs past the end of the message")
             append(data[start:pos].decode())
         elif kind == 110:  # 'n'
             append(None)
@@ -308,14 +345,14 @@ def _expect(data: bytes, pos: int, allowed: bytes, what: str) -> str:
     return chr(kind)
 
 
-def _insert(data: bytes) -> tuple[Insert, int]:
+def _insert_fields(data: bytes) -> tuple[tuple[int, int, None, None, TupleData], int]:
     (relation_id,) = _U32.unpack_from(data, 1)
     _expect(data, 5, b"N", "tuple marker")
     new, end = _tuple(data, 6)
-    return Insert(relation_id, new), end
+    return (73, relation_id, None, None, new), end
 
 
-def _update(data: bytes) -> tuple[Update, int]:
+def _update_fields(data: bytes) -> tuple[tuple[int, int, str | None, TupleData | None, TupleData], int]:
     (relation_id,) = _U32.unpack_from(data, 1)
     marker = _expect(data, 5, b"KON", "tuple marker")
     old_kind: str | None = None
@@ -327,13 +364,28 @@ def _update(data: bytes) -> tuple[Update, int]:
         _expect(data, pos, b"N", "new tuple marker")
         pos += 1
     new, end = _tuple(data, pos)
+    return (85, relation_id, old_kind, old, new), end
+
+
+def _delete_fields(data: bytes) -> tuple[tuple[int, int, str, TupleData, None], int]:
+    (relation_id,) = _U32.unpack_from(data, 1)
+    old_kind = _expect(data, 5, b"KO", "old tuple marker")
+    old, end = _tuple(data, 6)
+    return (68, relation_id, old_kind, old, None), end
+
+
+def _insert(data: bytes) -> tuple[Insert, int]:
+    (_, relation_id, _, _, new), end = _insert_fields(data)
+    return Insert(relation_id, new), end
+
+
+def _update(data: bytes) -> tuple[Update, int]:
+    (_, relation_id, old_kind, old, new), end = _update_fields(data)
     return Update(relation_id, old_kind, old, new), end
 
 
 def _delete(data: bytes) -> tuple[Delete, int]:
-    (relation_id,) = _U32.unpack_from(data, 1)
-    old_kind = _expect(data, 5, b"KO", "old tuple marker")
-    old, end = _tuple(data, 6)
+    (_, relation_id, old_kind, old, _), end = _delete_fields(data)
     return Delete(relation_id, old_kind, old), end
 
 
@@ -358,4 +410,8 @@ def _message(data: bytes) -> tuple[Message, int]:
 _PARSERS: dict[int, Callable[[bytes], tuple[PgOutputMessage, int]]] = {
     ord("B"): _begin, ord("C"): _commit, ord("O"): _origin, ord("R"): _relation, ord("Y"): _type,
     ord("I"): _insert, ord("U"): _update, ord("D"): _delete, ord("T"): _truncate, ord("M"): _message,
+}
+_FIELDS: dict[int, Callable[[bytes], tuple[tuple[Any, ...], int]]] = {
+    ord("B"): _begin_fields, ord("C"): _commit_fields, ord("I"): _insert_fields, ord("U"): _update_fields,
+    ord("D"): _delete_fields,
 }

@@ -214,11 +214,15 @@ class PgOutputChangeSource:
         return units
 
     def _take(self, lsn: int, payload: bytes, units: list[SourceUnit]) -> None:
-        message = parse_message(payload, lsn)
-        if isinstance(message, Relation):
-            self._relation(message, lsn)
+        kind = payload[:1]
+        message = None  # the assembler parses the others itself, on its hot path for changes, Begin and Commit
+        if kind == b"R":
+            message = parse_message(payload, lsn)
+            self._relation(message, lsn)  # type: ignore[arg-type]
         try:
-            transaction = self._assembler.feed(lsn, payload, message=message, received_at=datetime.now(UTC))
+            # Only a non-transactional logical message ('M') can need the time of receipt.
+            transaction = self._assembler.feed(lsn, payload, message=message,
+                                               received_at=datetime.now(UTC) if kind == b"M" else None)
         except TransactionDecodeError as exc:
             self._last_arrival = time.monotonic()
             stopped = self._stopped_rules_of_transaction()
@@ -271,7 +275,7 @@ class PgOutputChangeSource:
                             for oid in missing]})
 
     def _stopped_rules_of_transaction(self) -> dict[str, str]:
-        if self._watch is None:
+        if self._watch is None or not (self._stopped_in_transaction or self._watch.stopped_rules):
             return {}
         stopped = {**self._stopped_in_transaction, **self._watch.stopped_rules}
         self._stopped_in_transaction = {}
@@ -418,6 +422,9 @@ def _heartbeat_refused(error: SqlFailed) -> None:
 
 
 def _is_heartbeat(transaction: Transaction) -> bool:
-    return bool(transaction.changes) and all(
+    changes = transaction.changes
+    if type(changes) is tuple and changes and changes[0].op is not Op.MESSAGE:
+        return False  # (the common case, without the generator below)
+    return bool(changes) and all(
         change.op is Op.MESSAGE and change.key == {"prefix": HEARTBEAT_PREFIX} for change in transaction.changes)
 

@@ -191,23 +191,21 @@ class _Replayer:
 
 
 class TransactionSpool:
-    """One open transaction's raw messages: kept in memory up to the policy's limit, then in a SpillFile.
+    """One open transaction's raw messages in a SpillFile, once it has more changes than the policy's limit.
 
-    The assembler calls :meth:`before` and :meth:`after` around each message of the open transaction it
-    applies, and :meth:`finish` at its Commit once :attr:`spilled`. Below the limit that costs one list
-    append per message; everything else is set up when the transaction goes to disk.
+    Up to the limit the assembler keeps the raw messages itself (a list append per message); then it hands them
+    to :meth:`spill`, calls :meth:`before` and :meth:`after` around each further message of the transaction it
+    applies, and :meth:`finish` at its Commit.
     """
 
-    __slots__ = ("_by_table", "_file", "_last_lsn", "_newest", "_offsets", "_policy", "_primary_keys", "_raw",
-                 "_relations", "_relations_at_begin", "_replayer", "_user_types", "_xid")
+    __slots__ = ("_by_table", "_file", "_last_lsn", "_newest", "_offsets", "_policy", "_primary_keys",
+                 "_relations", "_replayer", "_user_types", "_xid")
 
     def __init__(self, policy: SpillPolicy, xid: int, relations: dict[int, Relation],
                  user_types: Mapping[int, UserType], primary_keys: Mapping[str, Sequence[str]] | None) -> None:
         self._policy, self._xid = policy, xid
-        self._relations = relations  # the assembler's own: copied before this transaction changes it
-        self._relations_at_begin: dict[int, Relation] | None = None
+        self._relations = relations  # the assembler's own
         self._user_types, self._primary_keys = user_types, primary_keys
-        self._raw: list[tuple[int, bytes]] | None = []  # (lsn, payload) of each message, until spilled
         self._file: SpillFile | None = None
 
     @property
@@ -215,11 +213,7 @@ class TransactionSpool:
         return self._file is not None
 
     def before(self, lsn: int, payload: bytes, message: PgOutputMessage, seen: dict[int, int]) -> None:
-        """Before the assembler applies `message`: keep what replaying needs, and bound the ordinal counts."""
-        if self._file is None:
-            if payload[0] == 0x52 and self._relations_at_begin is None:  # 'R': the table's layout changes
-                self._relations_at_begin = dict(self._relations)
-            return
+        """Before the assembler applies `message`: bound the ordinal counts (and check the LSN order)."""
         if isinstance(message, Commit) or (isinstance(message, Message) and not message.transactional):
             return
         if lsn != self._last_lsn:
@@ -234,19 +228,16 @@ class TransactionSpool:
 
     def after(self, lsn: int, payload: bytes, message: PgOutputMessage, items: list[Item]) -> None:
         """After the assembler applied `message`; `items` holds the open transaction's decoded changes."""
-        raw = self._raw
-        if raw is not None:
-            raw.append((lsn, payload))
-            if len(items) > self._policy.changes:
-                self._spill(raw, items)
-            return
         self._write(lsn, payload, message if isinstance(message, Relation) else None, items)
         items.clear()
 
-    def _spill(self, raw: list[tuple[int, bytes]], items: list[Item]) -> None:
-        self._raw = None
+    def spill(self, raw: list[tuple[int, bytes]], relations_at_begin: dict[int, Relation] | None,
+              items: list[Item]) -> None:
+        """Go to disk: `raw` holds (lsn, payload) of every message of the transaction so far, `items` the changes
+        decoded from them; `relations_at_begin` the relations before a Relation message among them changed one
+        (None: none did)."""
         self._file = SpillFile(self._policy.directory)
-        self._replayer = _Replayer(self._relations_at_begin or self._relations, self._user_types, self._primary_keys)
+        self._replayer = _Replayer(relations_at_begin or self._relations, self._user_types, self._primary_keys)
         self._offsets = array("q")  # per change: the offset of the record it was decoded from
         self._by_table: dict[tuple[str, str], array[int]] = {}  # (schema, table) -> ordinals of its changes
         self._newest = (0, 0)  # (change_lsn, seq) of the newest change
@@ -288,7 +279,6 @@ class TransactionSpool:
 
     def close(self) -> None:
         """The transaction is abandoned (a decode error, a dropped connection): free its file."""
-        self._raw = None
         if self._file is not None:
             self._file.close()
 
