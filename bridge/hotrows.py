@@ -4,8 +4,9 @@ An entry here is the newest the store holds for its key (in its unflushed buffer
 newer than it finds its old row without SQLite. What a key gets here must keep that true:
 
 - a write newer than the cached entry replaces it; an older one (a replay) leaves it;
-- a write of a key not cached is taken only if it is newer than everything ever stored (the file's newest
-  entry when it was opened, and every write since): then nothing newer can exist for that key. During a
+- a write of a key not cached is taken only if it is not older than anything ever stored (the file's newest
+  entry when it was opened, and every write since): then nothing newer can exist for that key (an entry at
+  the same position is replaced by it). During a
   replay after a crash that is false, and the key is left to SQLite until the stream has passed the point
   the file reached;
 - what the file says is a key's newest entry is taken when nothing is buffered for it (`learn`).
@@ -50,7 +51,7 @@ class HotRows:
             if stamp >= entry[0]:  # equal: a replayed change rewrote its own entry (INSERT OR REPLACE)
                 self._rows[key] = (stamp, row)
                 self._rows.move_to_end(key)
-        elif stamp > self._newest:
+        elif stamp >= self._newest:  # equal: the old key's and the new key's entries of a key change
             self._hold(key, stamp, row)
         if stamp > self._newest:
             self._newest = stamp
