@@ -60,7 +60,7 @@ CREATE TEMP TABLE IF NOT EXISTS prune_keys (
 ) WITHOUT ROWID;
 """
 TOUCHED_IN_MEMORY = 20_000
-HOT_ROWS = 20_000  # keys whose newest row stays in memory: the simulator's busy keys fit (bench/prior_rows.py)
+HOT_ROWS = 10_000  # keys whose newest row stays in memory (about 10 MB): the busy keys of the simulator fit
 
 log = logging.getLogger("bridge.state")
 
