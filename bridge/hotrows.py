@@ -6,9 +6,9 @@ newer than it finds its old row without SQLite. What a key gets here must keep t
 - a write newer than the cached entry replaces it; an older one (a replay) leaves it;
 - a write of a key not cached is taken only if it is not older than anything ever stored (the file's newest
   entry when it was opened, and every write since): then nothing newer can exist for that key (an entry at
-  the same position is replaced by it). During a
-  replay after a crash that is false, and the key is left to SQLite until the stream has passed the point
-  the file reached;
+  the same position is replaced by it). During a replay after a crash that is false, and the key is left to
+  SQLite until the stream has passed the point the file reached. When the file's newest entry is not known
+  (UNKNOWN_NEWEST: a store too large to read at open), no such write is taken at all;
 - what the file says is a key's newest entry is taken when nothing is buffered for it (`learn`).
 
 Pruning never removes a key's newest entry, so it never makes an entry here wrong. Least recently used keys
@@ -23,6 +23,7 @@ from typing import Any
 
 Stamp = tuple[int, int, int]  # a SourcePosition as (commit_lsn, change_lsn, seq): compares faster
 NOTHING: Stamp = (-1, -1, -1)  # a key with no entry at all: older than any position
+UNKNOWN_NEWEST: Stamp = (2**64, 0, 0)  # newer than any position: the file's newest entry was not looked for
 Row = Mapping[str, Any] | None  # None: the row was deleted (or never existed)
 
 

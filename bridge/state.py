@@ -33,7 +33,7 @@ from typing import Any
 
 from bridge.changes import UNKNOWN, Op, RowChange, SourcePosition, Transaction
 from bridge.errors import ConfigurationError
-from bridge.hotrows import NOTHING, HotRows
+from bridge.hotrows import NOTHING, UNKNOWN_NEWEST, HotRows
 from bridge.private_files import make_private_directories, make_private_file, restrict_file
 from bridge.rowcodec import decode_row, encode_storable
 from bridge.state_upgrade import convert_pickled_store, damaged_row
@@ -61,6 +61,7 @@ CREATE TEMP TABLE IF NOT EXISTS prune_keys (
 """
 TOUCHED_IN_MEMORY = 20_000
 HOT_ROWS = 10_000  # keys whose newest row stays in memory (about 10 MB): the busy keys of the simulator fit
+OPEN_SCAN_PAGES = 50_000  # a file up to this many pages (200 MB at 4 KiB) is read at open for its newest entry
 
 log = logging.getLogger("bridge.state")
 
@@ -91,9 +92,7 @@ class PriorRowStore:
     def __init__(self, path: Path, tables: Iterable[str] | None = None, hot_rows: int | None = None) -> None:
         self._path = path
         self._db = _open(path)
-        newest = self._db.execute("SELECT commit_lsn, change_lsn, seq FROM prior_rows "
-                                  "ORDER BY commit_lsn DESC, change_lsn DESC, seq DESC LIMIT 1").fetchone()
-        self._hot = HotRows(HOT_ROWS if hot_rows is None else hot_rows, newest_stored=newest)
+        self._hot = HotRows(HOT_ROWS if hot_rows is None else hot_rows, newest_stored=self._newest_stored())
         self._tables = set(tables) if tables is not None else None  # None: keep every table
         # Unflushed writes, newest last per key, with their JSON text; read before the database.
         self._buffer: dict[tuple[str, str], list[tuple[SourcePosition, Mapping[str, Any] | None, str | None]]] = {}
@@ -104,6 +103,14 @@ class PriorRowStore:
         self._db.executescript(_PRUNE_SCHEMA)
         self._touched_on_disk = False  # touched_keys has rows
         self._prunable_on_disk = 0  # rows in prune_keys
+
+    def _newest_stored(self) -> tuple[int, int, int] | None:
+        """The position of the file's newest entry (None: empty), or UNKNOWN_NEWEST when finding it would read
+        too much: no index orders the file by position, and opening must not read gigabytes."""
+        if self._db.execute("PRAGMA page_count").fetchone()[0] > OPEN_SCAN_PAGES:
+            return UNKNOWN_NEWEST  # rows are then held once read, not when first written (bridge.hotrows)
+        return self._db.execute("SELECT commit_lsn, change_lsn, seq FROM prior_rows "
+                                "ORDER BY commit_lsn DESC, change_lsn DESC, seq DESC LIMIT 1").fetchone()
 
     def keeps(self, table: str) -> bool:
         return self._tables is None or table in self._tables
