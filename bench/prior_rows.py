@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/prior_rows.py --changes 200000 --rounds 5 --base .state/ab-base
     .venv/bin/python bench/prior_rows.py --changes 1000000 --rounds 1 --base .state/ab-base   # memory at 1M
-    (the base build: mkdir -p .state/ab-base && git archive main bridge | tar -x -C .state/ab-base)
+    (the base build: mkdir -p .state/ab-base && git archive main bridge | tar -x -C .state/ab-base; --current
+    DIR measures a frozen tree the same way instead of this checkout)
 
 Workload. A seeded stream of transactions with the legacy simulator's mix (legacy_db.planner.WEIGHTS: baskets
 edited most, orders opened, placed, checked out, cancelled and deleted, menu items added, repriced, withdrawn
@@ -315,6 +316,8 @@ def main() -> int:
     parser.add_argument("--checkpoint", type=int, default=5000, help="changes between checkpoints")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--base", type=Path, help="a tree holding the base build's bridge package")
+    parser.add_argument("--current", type=Path, default=REPO,
+                        help="a tree holding the build to measure (default: this checkout)")
     parser.add_argument("--stream", action="store_true",
                         help="generate the stream while timing (for memory at 1M changes: nothing held)")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
@@ -323,7 +326,7 @@ def main() -> int:
         sys.path.insert(0, str(args.child))
         print(json.dumps(child(args.changes, args.checkpoint, args.seed, args.stream)))
         return 0
-    builds = {"current": REPO}
+    builds = {"current": args.current.resolve()}
     if args.base is not None:
         builds = {"base": args.base.resolve(), **builds}
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in builds}
