@@ -18,7 +18,8 @@ asks), then record; flush once 500 entries are buffered (PRIOR_ROWS_FLUSH_BATCH)
 few transactions earlier; otherwise prune_some(200) every 4 transactions (a poll turn).
 
 Each round runs each build in a fresh child process (alternating which goes first) on a fresh store file;
-the child reports its seconds (the loop only: no imports, no generation, the stream is built before timing),
+the child reports the wall and CPU seconds spent in the store's calls alone (no imports, no generation of the
+stream, which is built before timing unless --stream, no digest), per kind of call,
 its peak RSS (VmHWM) and a digest of every before image the store answered, which must be the same for all
 builds. Reported: medians over rounds, the ratio, and the largest peak RSS.
 """
@@ -277,35 +278,55 @@ def child(changes: int, checkpoint: int, seed: int, stream: bool) -> dict[str, A
     with tempfile.TemporaryDirectory() as scratch:
         store = PriorRowStore(Path(scratch) / "prior.sqlite")
         since_checkpoint = turn = 0
-        started, cpu_started = time.perf_counter(), time.process_time()
+        # Wall and CPU time of the store's calls alone (not the digest, not the stream), per kind of call.
+        spent = {part: [0.0, 0.0] for part in ("before_image", "record", "flush", "prune")}
+        clock, cpu_clock = time.perf_counter, time.process_time
+
+        def charge(part: str, wall: float, cpu: float) -> tuple[float, float]:
+            now, cpu_now = clock(), cpu_clock()
+            spent[part][0] += now - wall
+            spent[part][1] += cpu_now - cpu
+            return now, cpu_now
+
         for tx in source:
+            images = []
+            wall, cpu = clock(), cpu_clock()
             for change in tx.changes:
                 if change.op is Op.UPDATE or change.op is Op.DELETE:
-                    image = store.before_image(change)
-                    asked += 1
-                    if image is not None:
-                        found += 1
-                        digest.update(repr(sorted(image.items())).encode())
-                    else:
-                        digest.update(b"-")
+                    images.append(store.before_image(change))
+            wall, cpu = charge("before_image", wall, cpu)
             store.record(tx)
+            wall, cpu = charge("record", wall, cpu)
             if store.buffered >= FLUSH_BATCH:
                 store.flush()
+            wall, cpu = charge("flush", wall, cpu)
             committed.append(tx.changes[-1].position)
             del committed[:-8]  # the acknowledged position lags a few transactions behind
             since_checkpoint += len(tx.changes)
             turn += 1
             if since_checkpoint >= checkpoint:
                 store.flush()
+                wall, cpu = charge("flush", wall, cpu)
                 store.schedule_prune(committed[0])
                 since_checkpoint = 0
             elif turn % 4 == 0:
                 store.prune_some(PRUNE_BATCH)
+            charge("prune", wall, cpu)
+            for image in images:
+                asked += 1
+                if image is not None:
+                    found += 1
+                    digest.update(repr(sorted(image.items())).encode())
+                else:
+                    digest.update(b"-")
+        wall, cpu = clock(), cpu_clock()
         store.close()
-        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+        charge("flush", wall, cpu)
+        seconds = sum(wall for wall, _ in spent.values())
+        cpu = sum(cpu for _, cpu in spent.values())
         size = (Path(scratch) / "prior.sqlite").stat().st_size
     import bridge
-    return {"seconds": seconds, "cpu": cpu, "peak_rss_mb": peak_rss_mb(), "asked": asked, "found": found,
+    return {"seconds": seconds, "cpu": cpu, "cpu_parts": {part: c for part, (_, c) in spent.items()}, "peak_rss_mb": peak_rss_mb(), "asked": asked, "found": found,
             "digest": digest.hexdigest()[:16], "file_mb": size / 1e6, "bridge": str(Path(bridge.__file__).parent)}
 
 
@@ -353,6 +374,8 @@ def main() -> int:
         peak = max(r["peak_rss_mb"] for r in results[name])
         print(f"  {name:<8} {seconds:7.2f} s  {seconds / args.changes * 1e6:6.2f} us/change  "
               f"CPU {cpus[name]:.2f} s  {cpus[name] / args.changes * 1e6:6.2f} us/change  peak RSS {peak:.1f} MB")
+        parts = {part: statistics.median(r["cpu_parts"][part] for r in results[name]) for part in results[name][0]["cpu_parts"]}
+        print("           CPU per change: " + ", ".join(f"{part} {c / args.changes * 1e6:.1f} us" for part, c in parts.items()))
     if "base" in medians:
         print(f"  base/current: {medians['base'] / medians['current']:.2f}x wall, {cpus['base'] / cpus['current']:.2f}x CPU")
     return 0
