@@ -59,7 +59,6 @@ class Workload:
         self.addresses: dict[int, list[int]] = {}
         self.menu: dict[int, dict[str, Any]] = {}
         self.open_orders: dict[int, dict[str, Any]] = {}  # id -> row, with "_lines": {line id: row}
-        self.closed_orders: list[int] = []
         self.lsn = 0x1000000
         self.changes: list[tuple[Any, ...]] = []
 
@@ -185,7 +184,6 @@ class Workload:
             return
         self._touch_order(oid, status=status, placed_at=self._now() if status == "PLACED" else None)
         del self.open_orders[oid]
-        self.closed_orders.append(oid)
 
     def _delete_order(self) -> None:
         oid = self._some_open_order()
