@@ -44,8 +44,8 @@ def encode_row(row: Mapping[str, Any]) -> str:
     # Most rows hold only values one pass of the C encoder writes as _encode would (its default hook tags
     # the scalars JSON has no type for); the rest (nested values, ints beyond int64, '$' names, NaN) are
     # written the long way, with the same text.
-    plain = True
-    for column, value in row.items():
+    plain = type(row) is dict  # (the C encoder would hand any other mapping to the hook)
+    for column, value in row.items() if plain else ():
         kind = type(value)
         if kind in _ONE_PASS or (kind is int and -_INT64 < value < _INT64):
             if column[:1] != _ESCAPE:

@@ -328,3 +328,10 @@ def test_a_store_too_large_to_read_at_open_holds_rows_once_read(tmp_path: Path,
     reopened.flush()
     assert reopened.before_image(_change(Op.UPDATE, 600, {"id": 2}))["price"] == Decimal("5.00")
     assert len([s for s in statements if s.startswith("SELECT")]) == 2
+
+
+def test_a_row_that_is_not_a_dict_is_written_the_long_way_with_the_same_text() -> None:
+    from types import MappingProxyType
+
+    row = {"id": 1, "price": Decimal("2.50"), "at": T0}
+    assert encode_row(MappingProxyType(row)) == encode_row(row) == _reference_encode_row(row)
