@@ -41,6 +41,24 @@ class UnstorableValue(TypeError):
 
 def encode_row(row: Mapping[str, Any]) -> str:
     """The row as JSON text; UnstorableValue naming the column when a value cannot be written exactly."""
+    # Most rows hold only values one pass of the C encoder writes as _encode would (its default hook tags
+    # the scalars JSON has no type for); the rest (nested values, ints beyond int64, '$' names, NaN) are
+    # written the long way, with the same text.
+    plain = type(row) is dict  # (the C encoder would hand any other mapping to the hook)
+    for column, value in row.items() if plain else ():
+        kind = type(value)
+        if kind in _ONE_PASS or (kind is int and -_INT64 < value < _INT64):
+            if column[:1] != _ESCAPE:
+                continue
+        elif kind is list and all(type(item) is str for item in value) and column[:1] != _ESCAPE:
+            continue  # text[] columns (tags): common, and plain
+        plain = False
+        break
+    if plain:
+        try:
+            return _DUMPS_ONE_PASS(row)
+        except ValueError:  # a NaN or infinite float: tagged below
+            pass
     encoded = {}
     for column, value in row.items():
         name = _ESCAPE + column if column[:1] == _ESCAPE else column
@@ -117,6 +135,13 @@ _SCALARS: dict[type, Callable[[Any], Any]] = {
     datetime: lambda value: {"$datetime": value.isoformat()},
     type(UNKNOWN): lambda value: {"$unknown": None},
 }
+
+
+# Values the one-pass encoder takes as they are (JSON's own: str, bool, None, float, and ints checked for size
+# by the caller) or through its default hook (_SCALARS: exact types only, as _encode looks them up).
+_ONE_PASS = frozenset({str, bool, type(None), *_SCALARS})
+_DUMPS_ONE_PASS = json.JSONEncoder(ensure_ascii=True, check_circular=False, allow_nan=False, separators=(",", ":"),
+                                   default=lambda value: _SCALARS[type(value)](value)).encode
 
 
 def _text(value: Any) -> str:

@@ -16,6 +16,10 @@ pickled, are converted once at open by bridge.state_upgrade).
 
 Which keys may have history to prune is remembered in memory up to TOUCHED_IN_MEMORY keys, beyond that in
 temporary tables: a transaction of millions of rows must not hold every key it wrote in memory.
+
+The newest entry of up to HOT_ROWS recently written or read keys is also kept in memory (bridge.hotrows), in
+front of SQLite: most old rows asked for are the newest entry of their key, written moments ago. It is only a
+cache of what the buffer and the file hold, never their only copy; a crash loses it and nothing else.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 
 from bridge.changes import UNKNOWN, Op, RowChange, SourcePosition, Transaction
 from bridge.errors import ConfigurationError
+from bridge.hotrows import NOTHING, UNKNOWN_NEWEST, HotRows
 from bridge.private_files import make_private_directories, make_private_file, restrict_file
 from bridge.rowcodec import decode_row, encode_storable
 from bridge.state_upgrade import convert_pickled_store, damaged_row
@@ -55,22 +60,39 @@ CREATE TEMP TABLE IF NOT EXISTS prune_keys (
 ) WITHOUT ROWID;
 """
 TOUCHED_IN_MEMORY = 20_000
+HOT_ROWS = 10_000  # keys whose newest row stays in memory (about 10 MB): the busy keys of the simulator fit
+OPEN_SCAN_PAGES = 50_000  # a file up to this many pages (200 MB at 4 KiB) is read at open for its newest entry
 
 log = logging.getLogger("bridge.state")
+
+
+# Built once: json.dumps with options builds a new encoder per call. The text is the file's row_key: it must
+# stay what json.dumps(key, sort_keys=True, default=str, separators=(",", ":")) writes.
+_KEY_DUMPS = json.JSONEncoder(sort_keys=True, default=str, separators=(",", ":")).encode
+_QUOTED: dict[str, str] = {}  # a key column's name as JSON, for the one-column keys nearly every table has
 
 
 def _key_text(key: Mapping[str, Any] | None) -> str | None:
     if key is None:
         return None
-    return json.dumps(key, sort_keys=True, default=str, separators=(",", ":"))
+    if len(key) == 1:
+        [(name, value)] = key.items()
+        kind = type(value)
+        if kind is int or kind is str:
+            quoted = _QUOTED.get(name)
+            if quoted is None:
+                quoted = _QUOTED[name] = _KEY_DUMPS(name)
+            return f"{{{quoted}:{value if kind is int else _KEY_DUMPS(value)}}}"
+    return _KEY_DUMPS(key)
 
 
 class PriorRowStore:
     """SQLite-backed; writes are buffered per batch and flushed in one transaction."""
 
-    def __init__(self, path: Path, tables: Iterable[str] | None = None) -> None:
+    def __init__(self, path: Path, tables: Iterable[str] | None = None, hot_rows: int | None = None) -> None:
         self._path = path
         self._db = _open(path)
+        self._hot = HotRows(HOT_ROWS if hot_rows is None else hot_rows, newest_stored=self._newest_stored())
         self._tables = set(tables) if tables is not None else None  # None: keep every table
         # Unflushed writes, newest last per key, with their JSON text; read before the database.
         self._buffer: dict[tuple[str, str], list[tuple[SourcePosition, Mapping[str, Any] | None, str | None]]] = {}
@@ -82,6 +104,14 @@ class PriorRowStore:
         self._touched_on_disk = False  # touched_keys has rows
         self._prunable_on_disk = 0  # rows in prune_keys
 
+    def _newest_stored(self) -> tuple[int, int, int] | None:
+        """The position of the file's newest entry (None: empty), or UNKNOWN_NEWEST when finding it would read
+        too much: no index orders the file by position, and opening must not read gigabytes."""
+        if self._db.execute("PRAGMA page_count").fetchone()[0] > OPEN_SCAN_PAGES:
+            return UNKNOWN_NEWEST  # rows are then held once read, not when first written (bridge.hotrows)
+        return self._db.execute("SELECT commit_lsn, change_lsn, seq FROM prior_rows "
+                                "ORDER BY commit_lsn DESC, change_lsn DESC, seq DESC LIMIT 1").fetchone()
+
     def keeps(self, table: str) -> bool:
         return self._tables is None or table in self._tables
 
@@ -91,16 +121,34 @@ class PriorRowStore:
         key = _key_text(change.old_key if change.old_key is not None else change.key)
         if key is None:
             return None
-        entries = self._buffer.get((change.table, key))
+        p = change.position
+        stamp = (p.commit_lsn, p.change_lsn, p.seq)
+        hot_key = (change.table, key)
+        hot = self._hot.newest(hot_key)
+        if hot is not None and hot[0] < stamp:  # the newest entry of the key, and older than the change
+            return hot[1]
+        entries = self._buffer.get(hot_key)
         if entries:
             for position, row, _ in reversed(entries):
-                if position < change.position:
+                if position < p:
                     return row
-        p = change.position
+        elif hot is None and self.keeps(change.table):
+            # Not in memory: ask the file for the key's newest entry, which is the answer unless this is a
+            # replay (the change is older than it), and what the next change of the key will want.
+            found = self._db.execute(
+                "SELECT commit_lsn, change_lsn, seq, row FROM prior_rows WHERE tbl = ? AND row_key = ? "
+                "ORDER BY commit_lsn DESC, change_lsn DESC, seq DESC LIMIT 1", hot_key).fetchone()
+            if found is None:
+                self._hot.learn(hot_key, NOTHING, None)
+                return None
+            if found[:3] < stamp:
+                row = None if found[3] is None else self._decoded(change.table, key, found[3])
+                self._hot.learn(hot_key, found[:3], row)
+                return row
         found = self._db.execute(
             "SELECT row FROM prior_rows WHERE tbl = ? AND row_key = ? AND (commit_lsn, change_lsn, seq) < (?, ?, ?) "
             "ORDER BY commit_lsn DESC, change_lsn DESC, seq DESC LIMIT 1",
-            (change.table, key, p.commit_lsn, p.change_lsn, p.seq),
+            (change.table, key, *stamp),
         ).fetchone()
         return self._decoded(change.table, key, found[0]) if found and found[0] is not None else None
 
@@ -140,6 +188,7 @@ class PriorRowStore:
                             extra={"table": table, "key": key, "position": str(position), "problem": str(problem)})
         self._buffer.setdefault((table, key), []).append((position, row, text))
         self._buffered += 1
+        self._hot.wrote((table, key), (position.commit_lsn, position.change_lsn, position.seq), row)
 
     @property
     def buffered(self) -> int:
@@ -197,13 +246,13 @@ class PriorRowStore:
         self._db.execute("BEGIN")
         if self._prunable_on_disk and (limit is None or count < limit):
             batch += self._take_prunable_from_disk(None if limit is None else limit - count)
-        for c, (table, key) in batch:
-            self._db.execute(
-                "DELETE FROM prior_rows WHERE tbl = ?1 AND row_key = ?2 AND (commit_lsn, change_lsn, seq) < "
-                "(SELECT commit_lsn, change_lsn, seq FROM prior_rows WHERE tbl = ?1 AND row_key = ?2 AND "
-                " (commit_lsn, change_lsn, seq) <= (?3, ?4, ?5) ORDER BY commit_lsn DESC, change_lsn DESC, seq DESC LIMIT 1)",
-                (table, key, *c),
-            )
+        # One statement for the slice (prune never removes a key's newest entry: what HotRows holds stays true).
+        self._db.executemany(
+            "DELETE FROM prior_rows WHERE tbl = ?1 AND row_key = ?2 AND (commit_lsn, change_lsn, seq) < "
+            "(SELECT commit_lsn, change_lsn, seq FROM prior_rows WHERE tbl = ?1 AND row_key = ?2 AND "
+            " (commit_lsn, change_lsn, seq) <= (?3, ?4, ?5) ORDER BY commit_lsn DESC, change_lsn DESC, seq DESC LIMIT 1)",
+            [(table, key, *c) for c, (table, key) in batch],
+        )
         self._db.execute("COMMIT")
         return len(self._prunable) + self._prunable_on_disk
 
