@@ -125,3 +125,29 @@ def test_prune_bookkeeping_beyond_its_memory_bound_goes_to_disk_and_prunes_the_s
     rows = "SELECT tbl, row_key, commit_lsn FROM prior_rows ORDER BY 1, 2, 3"
     assert bounded._db.execute(rows).fetchall() == whole._db.execute(rows).fetchall()
     assert len(whole._db.execute(rows).fetchall()) == 20  # per key: the newest at or before 260, and 30x
+
+
+def test_scheduled_keys_beyond_the_memory_bound_wait_on_disk_and_a_backlog_is_pruned_at_its_pace(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bridge.state
+
+    monkeypatch.setattr(bridge.state, "TOUCHED_IN_MEMORY", 50)
+    whole, paced = PriorRowStore(tmp_path / "whole.sqlite"), PriorRowStore(tmp_path / "paced.sqlite")
+    for store in (whole, paced):
+        for interval in range(4):  # each checkpoint interval touches 40 keys, more than one slice prunes
+            for row_id in range(interval * 40, interval * 40 + 40):
+                store.record(_tx(_change(Op.CREATE, 1000 * interval + row_id, {"id": row_id, "price": Decimal(1)})))
+                store.record(_tx(_change(Op.UPDATE, 1000 * interval + row_id + 500, {"id": row_id, "price": Decimal(2)})))
+            store.flush()
+            if store is paced:
+                store.schedule_prune(SourcePosition(1000 * interval + 999, 1000 * interval + 999, 0))
+                assert len(store._prunable) <= 50  # the rest waits in prune_keys, not in memory
+                store.prune_some(2)
+    whole.prune(SourcePosition(3999, 3999, 0))
+    slices = 0
+    while paced.prune_some(2):
+        slices += 1
+    assert slices < 40  # 150-odd keys waiting, 2 per slice would take 75: each slice took an eighth at least
+    rows = "SELECT tbl, row_key, commit_lsn FROM prior_rows ORDER BY 1, 2, 3"
+    assert paced._db.execute(rows).fetchall() == whole._db.execute(rows).fetchall()
+    assert len(whole._db.execute(rows).fetchall()) == 160  # one entry per key: history up to the commit is gone
