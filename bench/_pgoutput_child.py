@@ -193,6 +193,8 @@ def _time_calls(owner: type, name: str) -> list[float]:
 
 def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
+    if spec.get("code"):  # another build's bridge/ (an A/B of builds in one run): it wins over the repository's
+        sys.path.insert(0, spec["code"])
     result = {"server": server, "debezium": debezium, "bridge": bridge}[spec["kind"]](spec)
     result["max_rss_mb"] = peak_rss_mb()
     Path(sys.argv[2]).write_text(json.dumps(result, default=str))

@@ -244,8 +244,9 @@ def bridge_spec(stack: Stack, dsn: str, slot: str, publication: str, sink: str, 
     if sink in ("kafka", "kafka-confluent"):  # the Kafka sink on kafka-python, or on confluent-kafka
         sink_settings: dict[str, Any] = {"kind": "kafka", "bootstrap_servers": stack.bootstrap_servers,
                                          "topic_template": out_prefix + ".{aggregate_type}",
-                                         "dead_letter_topic": out_prefix + ".dead-letters",
-                                         "client": "confluent" if sink == "kafka-confluent" else "kafka-python"}
+                                         "dead_letter_topic": out_prefix + ".dead-letters"}
+        if sink == "kafka-confluent":  # named only when not the default: a build before sink.client runs too
+            sink_settings["client"] = "confluent"
     else:
         sink_settings = {"kind": "locallog", "path": str(folder / "events")}
     return {"kind": "bridge", "dsn": dsn, "slot": slot, "publication": publication, "sink": sink_settings,
@@ -259,7 +260,7 @@ def output_topics(out_prefix: str) -> list[str]:
 
 def run_consumer(kind: str, stack: Stack, work: Workload, folder: Path, run: int,
                  profile_dir: Path | None = None, debezium_handler: str = "text",
-                 py_spy_dir: Path | None = None) -> dict[str, Any]:
+                 py_spy_dir: Path | None = None, base_code: Path | None = None) -> dict[str, Any]:
     tag = f"{work.origin_slot}_r{run}_{kind.replace('-', '_')}"
     if kind == "server":
         return run_child({"kind": "server", "dsn": work.dsn, "slot": work.origin_slot,
@@ -270,13 +271,18 @@ def run_consumer(kind: str, stack: Stack, work: Workload, folder: Path, run: int
             return run_child({"kind": "debezium", "changes": work.changes, "handler": debezium_handler,
                               "properties": debezium_properties(stack, work, slot)}, folder / tag)
         checked = not kind.endswith(UNCHECKED)
-        sink = kind.removeprefix("bridge-").removesuffix(UNCHECKED)
+        sink = kind.removeprefix("base-").removeprefix("bridge-").removesuffix(UNCHECKED)
         out = f"{tag}.out"
         profile = profile_dir / f"pgoutput_bridge-{kind}-run{run}.prof" if profile_dir else None
         mappings = None if checked else unchecked_mappings(folder)
         py_spy = py_spy_dir / f"pgoutput_bridge-{kind}-run{run}.py-spy.txt" if py_spy_dir else None
-        result = run_child(bridge_spec(stack, work.dsn, slot, work.bridge_publication, sink, folder / tag, out,
-                                       profile=profile, mappings=mappings), folder / tag, py_spy=py_spy)
+        spec = bridge_spec(stack, work.dsn, slot, work.bridge_publication, sink, folder / tag, out,
+                           profile=profile, mappings=mappings)
+        if kind.startswith("base-"):  # the same consumer on another build's bridge/ (--base-code)
+            if base_code is None:
+                raise RuntimeError(f"{kind} needs --base-code DIR (e.g. git archive COMMIT bridge | tar -x -C DIR)")
+            spec["code"] = str(base_code)
+        result = run_child(spec, folder / tag, py_spy=py_spy)
         if result["changes"] != work.changes:
             raise RuntimeError(f"{kind} handled {result['changes']} of {work.changes} row changes: "
                                "a run that stops early measures nothing")
@@ -316,7 +322,8 @@ def throughput(stack: Stack, args: argparse.Namespace, folder: Path) -> dict[str
                 result = run_consumer(kind, stack, work, folder, run,
                                       profile_dir=args.results if args.profile else None,
                                       debezium_handler=args.debezium_handler,
-                                      py_spy_dir=args.results if args.py_spy else None)
+                                      py_spy_dir=args.results if args.py_spy else None,
+                                      base_code=args.base_code)
                 runs[kind].append(result)
                 extra = (f"  {result['events']} events, checkpoint median {result['checkpoint_ms_median']} ms "
                          f"max {result['checkpoint_ms_max']} ms" if "events" in result else "")
@@ -355,6 +362,15 @@ def summarize_throughput(runs: dict[str, list[dict]], changes: int) -> dict[str,
         ratios["bridge-kafka-confluent/bridge-kafka per run"] = [
             round(a["drain_seconds"] / b["drain_seconds"], 3)
             for a, b in zip(runs["bridge-kafka"], runs["bridge-kafka-confluent"])]
+    for bridge in BRIDGES:  # this build against another (--base-code) on the same WAL: what the build bought
+        base = "base-" + bridge.removeprefix("bridge-")
+        if bridge in summary and base in summary:
+            if summary[bridge]["events"] != summary[base]["events"]:
+                raise RuntimeError(f"{bridge}: {summary[bridge]['events']} events, {base}: {summary[base]['events']}: "
+                                   "the two builds do not translate alike, their speeds would not compare")
+            ratios[f"{bridge}/{base}"] = round(summary[bridge]["changes_per_s"] / summary[base]["changes_per_s"], 3)
+            ratios[f"{bridge}/{base} per run"] = [round(b["drain_seconds"] / a["drain_seconds"], 3)
+                                                  for a, b in zip(runs[bridge], runs[base])]
     summary["ratios_changes_per_s"] = ratios
     contracts = {}
     for bridge in BRIDGES:
@@ -569,6 +585,10 @@ def main() -> int:
     parser.add_argument("--py-spy", action="store_true",
                         help="run each bridge under `py-spy record` (sampling, per thread) into bench/results/"
                              "*.py-spy.txt; summarize with bench/_profile_summary.py (needs py-spy in the venv)")
+    parser.add_argument("--base-code", type=Path,
+                        help="throughput: the folder holding another build's bridge/ package, run by the consumers "
+                             "base-kafka, base-locallog, ... (an A/B of builds on the same WAL in one run; e.g. "
+                             "mkdir -p .state/ab-base && git archive COMMIT bridge | tar -x -C .state/ab-base)")
     parser.add_argument("--state", type=Path, help="use the running stack (postgres, kafka) under this state dir")
     args = parser.parse_args()
     args.results = REPO / "bench" / "results"
