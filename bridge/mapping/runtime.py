@@ -11,10 +11,10 @@ change of the same row in this transaction (the overlay), (3) the PriorRows prov
 them the rule fails with an error saying how to fix it.
 
 A transaction too large for memory (its changes a bridge.changes.StoredChanges, read back from disk) is
-translated in slices (translate_in_slices of translate.py, which calls next_slice): the overlay then holds only the current slice, since the
-slices before it are recorded in the PriorRows provider, which answers for them at their positions; its
-tables are read back per table, collect indexes hold positions rather than changes, and ``tx`` reads a table
-only when an expression asks for it.
+translated in slices (translate_in_slices of translate.py, which calls next_slice): the overlay then holds
+only the current slice, since the slices before it are recorded in the PriorRows provider, which answers
+for them at their positions; its tables are read back per table, collect indexes hold positions rather
+than changes, and ``tx`` reads a table only when an expression asks for it.
 """
 
 from __future__ import annotations
