@@ -27,7 +27,6 @@ import pytest
 
 from bridge.eventlog import DEAD_LETTERS, EVENTS
 from bridge.events import snapshot_event_id
-from bridge.settings import Settings
 from bridge.sinks.locallog_reader import EventLogReader, LogNotFound, LogRecord
 from legacy_db.simulate import run_simulation
 from tests.support.bridge_process import BridgeProcess, write_e2e_config
@@ -48,24 +47,6 @@ def slot(legacy_db_any: str) -> Iterator[str]:
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
-
-def marker_of(settings: Settings) -> dict[str, Any] | None:
-    path = settings.source.snapshot_file(settings.state.path)  # type: ignore[union-attr]
-    try:
-        return json.loads(path.read_text())  # type: ignore[union-attr]
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def wait_for_complete_snapshot(daemon: DaemonThread, epoch: int = 0, timeout_s: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while not ((marker := marker_of(daemon.settings)) and marker["complete"] and marker["epoch"] == epoch):
-        daemon.check()
-        assert daemon.alive, "the daemon ended during its snapshot"
-        assert time.monotonic() < deadline, f"no complete snapshot (epoch {epoch}) within {timeout_s}s: {marker}"
-        time.sleep(0.1)
-    return marker
-
 
 def events_in(directory: Path, *, log: str = EVENTS) -> int:
     """Records in the local event log (it may be written meanwhile)."""
@@ -151,7 +132,7 @@ def test_rows_from_before_the_bridge_are_published_as_a_snapshot_then_live_chang
     settings = direct_settings(dsn, slot, tmp_path)
     daemon = DaemonThread(settings).start()
     try:
-        marker = wait_for_complete_snapshot(daemon)
+        marker = daemon.wait_for_snapshot()
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("UPDATE menu_items SET price = price + 1.25, updated_on = now() WHERE id = %s", (item,))
         daemon.wait_caught_up(dsn)
@@ -214,7 +195,7 @@ def test_traffic_during_the_snapshot_is_neither_lost_nor_doubled(legacy_db_any: 
     try:
         daemon.wait_for_slot(dsn)
         writer.start()
-        wait_for_complete_snapshot(daemon)
+        daemon.wait_for_snapshot()
         stop_traffic.set()
         writer.join(60)
         committed_during = sum(during)
@@ -318,7 +299,7 @@ def test_a_connection_lost_mid_snapshot_is_ridden_out_by_a_redo_in_the_same_proc
                                "WHERE application_name = 'cdc-bridge-snapshot' AND datname = current_database()"
                                ).fetchall()
         assert cut == [(True,)], "the snapshot's reading connection was not found: it already finished?"
-        wait_for_complete_snapshot(daemon, epoch=1)
+        daemon.wait_for_snapshot(epoch=1)
         ExistingRows(dsn, seed=23).change(30)
         daemon.wait_caught_up(dsn)
     finally:

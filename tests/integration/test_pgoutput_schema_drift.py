@@ -38,10 +38,13 @@ SEED = (
 
 
 def run_with(settings: Settings, dsn: str, *steps: str) -> DaemonThread:
-    """The daemon runs through the seed rows, then `steps` (DDL and DML) while it streams; caught up, stopped."""
+    """The daemon runs through the seed rows, then `steps` (DDL and DML) while it streams; caught up, stopped.
+    The steps start once the initial snapshot (of empty tables) is complete: DDL while it is read would make
+    the next start redo it on a new slot, with the seed rows read as they are after the steps."""
     daemon = DaemonThread(settings).start()
     try:
         daemon.wait_for_slot(dsn)
+        daemon.wait_for_snapshot()
         sql(dsn, *SEED, *steps)
         daemon.wait_caught_up(dsn)
     finally:

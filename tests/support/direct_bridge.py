@@ -54,6 +54,15 @@ def current_wal_lsn(dsn: str) -> int:
         return parse_lsn(conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])  # type: ignore[index]
 
 
+def snapshot_marker(settings: Settings) -> dict[str, Any] | None:
+    """The initial snapshot's marker file as written (None when there is none yet or it is being replaced)."""
+    path = settings.source.snapshot_file(settings.state.path)  # type: ignore[union-attr]
+    try:
+        return json.loads(path.read_text())  # type: ignore[union-attr]
+    except (FileNotFoundError, ValueError):
+        return None
+
+
 class DaemonThread:
     """run_daemon in a thread; `stop()` drains it and raises what it raised."""
 
@@ -89,6 +98,17 @@ class DaemonThread:
             assert self.alive, "the daemon ended before creating its slot"
             assert time.monotonic() < deadline, f"no slot after {timeout_s}s"
             time.sleep(0.1)
+
+    def wait_for_snapshot(self, epoch: int = 0, timeout_s: float = 120) -> dict[str, Any]:
+        """Until the initial snapshot's marker says complete for `epoch`; the marker. A slot exists before its
+        snapshot is read: DDL run in between makes the reader fail and the next start redo it on a new slot."""
+        deadline = time.monotonic() + timeout_s
+        while not ((marker := snapshot_marker(self.settings)) and marker["complete"] and marker["epoch"] == epoch):
+            self.check()
+            assert self.alive, "the daemon ended during its snapshot"
+            assert time.monotonic() < deadline, f"no complete snapshot (epoch {epoch}) within {timeout_s}s: {marker}"
+            time.sleep(0.1)
+        return marker
 
     def wait_caught_up(self, dsn: str, timeout_s: float = 180) -> None:
         """Until the slot is confirmed past the WAL written so far (heartbeats move it on a quiet database)."""
