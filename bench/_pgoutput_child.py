@@ -138,6 +138,7 @@ def bridge(spec: dict[str, Any]) -> dict[str, Any]:
     timings = {"checkpoint": _time_calls(bridge.pipeline.Pipeline, "_checkpoint"),
                "prior_rows_flush": _time_calls(bridge.state.PriorRowStore, "flush"),
                "prior_rows_prune": _time_calls(bridge.state.PriorRowStore, "prune")}
+    sink_peaks = _sink_process_peaks()
     settings = Settings(
         source_id="bench",
         # "mappings": a copy of mappings/ without its contracts/ folder, for the contracts-off runs
@@ -170,8 +171,32 @@ def bridge(spec: dict[str, Any]) -> dict[str, Any]:
             "checked_emits": checked_emits,
             "acknowledged": stats.acknowledged, "dead_letters": stats.dead_letters,
             "unmatched": dict(stats.unmatched), "checkpoints": len(timings["checkpoint"]),
+            # sink.separate_process: the sink process's own peak RSS (max_rss_mb is the bridge's process)
+            "sink_process_max_rss_mb": max(sink_peaks) if sink_peaks else None,
             **{f"{name}_ms_{stat}": (round(pick(values) * 1000, 1) if values else None)
                for name, values in timings.items() for stat, pick in (("median", statistics.median), ("max", max))}}
+
+
+def _sink_process_peaks() -> list[float]:
+    """Wrap SinkProcess.close so the sink process's VmHWM is read just before it ends; the list of them."""
+    try:
+        from bridge.sinks.process import SinkProcess
+    except ImportError:  # a build before sink.separate_process (--base-code)
+        return []
+    peaks: list[float] = []
+    original = SinkProcess.close
+
+    def close(self: Any) -> None:
+        child = getattr(self, "_child", None)
+        if child is not None and child.poll() is None:
+            status = Path(f"/proc/{child.pid}/status")
+            for line in status.read_text().splitlines() if status.exists() else []:
+                if line.startswith("VmHWM:"):
+                    peaks.append(int(line.split()[1]) / 1024)
+        original(self)
+
+    SinkProcess.close = close  # type: ignore[method-assign]
+    return peaks
 
 
 def _time_calls(owner: type, name: str) -> list[float]:

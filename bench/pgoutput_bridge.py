@@ -30,6 +30,10 @@ Throughput (mode `throughput`)
                        bridge-kafka with sink.client: confluent (confluent-kafka's producer on librdkafka,
                        the same guarantees); the summary adds its ratio to bridge-kafka
       bridge-locallog  the same with the local event log sink (fsync before acknowledging)
+      bridge-kafka-process, bridge-kafka-confluent-process, bridge-locallog-process
+                       the same with sink.separate_process: true (encoding and publishing in a second
+                       process); the summary adds their ratios to the same sink in one process, and the
+                       sink process's own peak RSS
       bridge-kafka-nocontracts, bridge-locallog-nocontracts
                        the same on a copy of mappings/ without its contracts/ folder: no event is
                        checked against its contract before it is published (--contracts-ab adds
@@ -96,8 +100,10 @@ from tests.support.local_stack import run_stack
 CHILD = REPO / "bench" / "_pgoutput_child.py"
 MAPPINGS = load_mappings([REPO / "mappings" / "restaurant.yaml"])
 CONSUMERS = ("server", "debezium", "bridge-kafka", "bridge-kafka-confluent", "bridge-locallog")
+SEPARATE = "-process"  # a bridge consumer with sink.separate_process: true
 UNCHECKED = "-nocontracts"  # a bridge consumer's twin without contracts (no run-time check of events)
-BRIDGES = ("bridge-kafka", "bridge-kafka-confluent", "bridge-locallog")
+BRIDGES = ("bridge-kafka", "bridge-kafka-confluent", "bridge-locallog",
+           "bridge-kafka-process", "bridge-kafka-confluent-process", "bridge-locallog-process")
 CHILD_TIMEOUT_S = 3600
 
 
@@ -202,7 +208,7 @@ def run_child(spec: dict[str, Any], folder: Path, *, wait: bool = True,
     command = [sys.executable, str(CHILD), str(folder / "spec.json"), str(folder / "result.json")]
     if py_spy is not None:
         spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
-        command = [spy, "record", "--nonblocking", "--threads", "--rate", "200", "--format", "raw",
+        command = [spy, "record", "--nonblocking", "--threads", "--subprocesses", "--rate", "200", "--format", "raw",
                    "-o", str(py_spy), "--", *command]
     child = subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
     log.close()
@@ -241,6 +247,8 @@ def unchecked_mappings(folder: Path) -> Path:
 def bridge_spec(stack: Stack, dsn: str, slot: str, publication: str, sink: str, folder: Path,
                 out_prefix: str, *, profile: Path | None = None, idle_exit_s: float = 2.0,
                 mappings: Path | None = None) -> dict[str, Any]:
+    separate = sink.endswith(SEPARATE)
+    sink = sink.removesuffix(SEPARATE)
     if sink in ("kafka", "kafka-confluent"):  # the Kafka sink on kafka-python, or on confluent-kafka
         sink_settings: dict[str, Any] = {"kind": "kafka", "bootstrap_servers": stack.bootstrap_servers,
                                          "topic_template": out_prefix + ".{aggregate_type}",
@@ -249,6 +257,8 @@ def bridge_spec(stack: Stack, dsn: str, slot: str, publication: str, sink: str, 
             sink_settings["client"] = "confluent"
     else:
         sink_settings = {"kind": "locallog", "path": str(folder / "events")}
+    if separate:
+        sink_settings["separate_process"] = True
     return {"kind": "bridge", "dsn": dsn, "slot": slot, "publication": publication, "sink": sink_settings,
             "state_path": str(folder / "prior-rows.sqlite"), "idle_exit_s": idle_exit_s,
             "profile": str(profile) if profile else None, "mappings": str(mappings) if mappings else None}
@@ -329,7 +339,9 @@ def throughput(stack: Stack, args: argparse.Namespace, folder: Path) -> dict[str
                          f"max {result['checkpoint_ms_max']} ms" if "events" in result else "")
                 print(f"run {run + 1} {kind:<16} drain {result['drain_seconds']:7.2f}s "
                       f"{work.changes / result['drain_seconds']:9.0f} changes/s  (from start {result['seconds']:6.2f}s)"
-                      f"  peak RSS {result['max_rss_mb']:6.0f} MB{extra}", flush=True)
+                      f"  peak RSS {result['max_rss_mb']:6.0f} MB"
+                      f"{' + sink process %.0f MB' % result['sink_process_max_rss_mb'] if result.get('sink_process_max_rss_mb') else ''}"
+                      f"{extra}", flush=True)
         return {"workload": {"mix": args.workload, "row_changes": work.changes, "transactions": work.transactions,
                              "simulator_seconds": round(work.simulator_seconds, 1)},
                 "summary": summarize_throughput(runs, work.changes), "runs": runs}
@@ -345,6 +357,8 @@ def summarize_throughput(runs: dict[str, list[dict]], changes: int) -> dict[str,
         summary[kind] = {"changes_per_s": round(changes / drain), "changes_per_s_from_start": round(changes / whole),
                          "drain_seconds": round(drain, 3), "seconds_from_start": round(whole, 3),
                          "peak_rss_mb": round(max(r["max_rss_mb"] for r in results), 1)}
+        if sink_peaks := [r["sink_process_max_rss_mb"] for r in results if r.get("sink_process_max_rss_mb")]:
+            summary[kind]["sink_process_peak_rss_mb"] = round(max(sink_peaks), 1)
         if "events" in results[0]:
             summary[kind]["events"] = results[0]["events"]
             summary[kind]["events_per_s"] = round(results[0]["events"] / drain)
@@ -362,6 +376,11 @@ def summarize_throughput(runs: dict[str, list[dict]], changes: int) -> dict[str,
         ratios["bridge-kafka-confluent/bridge-kafka per run"] = [
             round(a["drain_seconds"] / b["drain_seconds"], 3)
             for a, b in zip(runs["bridge-kafka"], runs["bridge-kafka-confluent"])]
+    for bridge in BRIDGES:  # the sink in a second process against the same sink in one (same WAL)
+        if bridge.endswith(SEPARATE) and bridge in summary and (alone := bridge.removesuffix(SEPARATE)) in summary:
+            ratios[f"{bridge}/{alone}"] = round(summary[bridge]["changes_per_s"] / summary[alone]["changes_per_s"], 3)
+            ratios[f"{bridge}/{alone} per run"] = [round(b["drain_seconds"] / a["drain_seconds"], 3)
+                                                    for a, b in zip(runs[bridge], runs[alone])]
     for bridge in BRIDGES:  # this build against another (--base-code) on the same WAL: what the build bought
         base = "base-" + bridge.removeprefix("bridge-")
         if bridge in summary and base in summary:
@@ -464,7 +483,8 @@ def latency(stack: Stack, args: argparse.Namespace, folder: Path) -> dict[str, A
             topics = output_topics(out)
             create_log_append_topics(stack.bootstrap_servers, topics)
             run_folder = folder / slot
-            sink = "kafka-confluent" if args.kafka_client == "confluent" else "kafka"
+            sink = ("kafka-confluent" if args.kafka_client == "confluent" else "kafka") + (
+                SEPARATE if args.separate_process else "")
             child = run_child(bridge_spec(stack, dsn, slot, publication, sink, run_folder, out, idle_exit_s=3.0),
                               run_folder, wait=False)
             try:
@@ -571,6 +591,8 @@ def main() -> int:
     parser.add_argument("--latency-seconds", type=float, default=30.0, help="latency: simulator run per run")
     parser.add_argument("--kafka-client", choices=("kafka-python", "confluent"), default="kafka-python",
                         help="latency: the Kafka sink's producer library (sink.client)")
+    parser.add_argument("--separate-process", action="store_true",
+                        help="latency: the bridge with sink.separate_process: true (the sink in a second process)")
     parser.add_argument("--async-commits", action="store_true",
                         help="latency: simulator with synchronous_commit=off (WAL flushed up to 200 ms late)")
     parser.add_argument("--warmup-seconds", type=float, default=2.0,

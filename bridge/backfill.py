@@ -343,7 +343,7 @@ def _totals(reader: SnapshotReader, shapes: list[TableShape], state: RunState) -
 
 def _open_target(sink_settings: Any, mappings: CompiledMappings) -> EventSink:
     """The target's sink; one that cannot be written is a ConfigurationError before anything is read."""
-    from bridge.daemon import open_sink
+    from bridge.sinks.opening import open_sink
 
     return open_sink(sink_settings, mappings.aggregates())
 

@@ -17,16 +17,16 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
-from bridge.errors import BridgeError, ConfigurationError, DeliveryError, MappingError, ServiceUnavailable, UnresolvableHost
+from bridge.errors import BridgeError, DeliveryError, MappingError, ServiceUnavailable, UnresolvableHost
 from bridge.kafka_client import redacted_servers
 from bridge.mapping.loader import load_mappings
 from bridge.pipeline import Pipeline, PipelineStats
 from bridge.preflight import enforce_at_start
 from bridge.redact import redacted_dsn
-from bridge.ports import ChangeSource, EventSink
+from bridge.ports import ChangeSource
 from bridge.settings import KafkaSink, LocalLogSink, Settings
-from bridge.sinks.kafka import sink_class
-from bridge.sinks.locallog import LocalLogEventSink
+from bridge.sinks.opening import open_sink
+from bridge.sinks.process import SinkProcess
 from bridge.state import PriorRowStore
 from bridge.supervisor import Supervisor
 
@@ -77,19 +77,6 @@ def _open_store(settings: Settings, mappings: Any) -> PriorRowStore | None:
     if path is None or not (needing := mappings.needs_before()):
         return None
     return PriorRowStore(path, tables=needing.keys())
-
-
-def open_sink(section: KafkaSink | LocalLogSink, aggregates: list[tuple[str, str]]) -> EventSink:
-    """The sink a `sink:` section describes; a local log that cannot be opened is a ConfigurationError."""
-    if isinstance(section, LocalLogSink):
-        try:
-            return LocalLogEventSink.from_settings(section)
-        except OSError as exc:
-            raise ConfigurationError(
-                f"cannot open the local event log at {section.path} (sink.path, sink.dead_letter_path): "
-                f"{exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}: make the folder writable "
-                "by this user, or set sink.path to a writable place") from exc
-    return sink_class(section).open(section, aggregates)
 
 
 def _open_source(settings: Settings, mappings: Any) -> tuple[ChangeSource, dict[str, Any]]:
@@ -190,7 +177,11 @@ class _Runs:
         with ExitStack() as parts:
             try:
                 self.stage = "sink"
-                sink = open_sink(settings.sink, self.mappings.aggregates())
+                if settings.sink.separate_process:
+                    sink = SinkProcess.open(settings.sink, self.mappings.aggregates(),
+                                            log_level=settings.logging.level, log_format=settings.logging.format)
+                else:
+                    sink = open_sink(settings.sink, self.mappings.aggregates())
                 parts.callback(_close_quietly, sink, "the sink")
                 self.stage = "source"
                 source, reading = _open_source(settings, self.mappings)

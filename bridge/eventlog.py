@@ -38,6 +38,7 @@ import fcntl
 import json
 import os
 import struct
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -389,17 +390,46 @@ def dead_letter_sequence(record: dict[str, Any]) -> str | None:
 
 
 def acquire_writer_lock(directory: Path) -> int:
-    """Take the log's exclusive writer lock (released when the process ends, even by kill -9)."""
+    """Take the log's exclusive writer lock (released when the process ends, even by kill -9).
+
+    A holder that is already exiting is waited for, up to EXITING_HOLDER_WAIT_S: a sink process
+    (sink.separate_process) killed with its bridge has no parent to wait for it, and the bridge restarted
+    at once would otherwise find the lock still held while the dying process's threads end.
+    """
     path = directory / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise LogLockedError(
-            f"the event log {directory} is being written by another process (pid {holder}, lock {path}); "
-            "stop that bridge first, or give this one its own log directory") from None
+    deadline = time.monotonic() + EXITING_HOLDER_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            if _exiting(holder) and time.monotonic() < deadline:
+                time.sleep(0.02)
+                continue
+            os.close(fd)
+            raise LogLockedError(
+                f"the event log {directory} is being written by another process (pid {holder}, lock {path}); "
+                "stop that bridge first, or give this one its own log directory") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+EXITING_HOLDER_WAIT_S = 5.0
+
+
+_SIGKILL_BIT = 1 << (9 - 1)
+
+
+def _exiting(holder: str) -> bool:
+    """The lock's holder (the pid it wrote) is ending as far as /proc shows: killed (SIGKILL pending), its
+    main thread a zombie while its other threads still close its files, or gone."""
+    try:
+        status = dict(line.split(":\t", 1) for line in Path(f"/proc/{int(holder)}/status").read_text().splitlines()
+                      if ":\t" in line)
+    except (ValueError, OSError):
+        return holder.isdigit()  # no such process any more: the lock goes with its last thread
+    pending = int(status.get("ShdPnd", "0"), 16) | int(status.get("SigPnd", "0"), 16)
+    return status.get("State", "")[:1] in ("Z", "X") or bool(pending & _SIGKILL_BIT)

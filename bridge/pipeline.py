@@ -365,7 +365,7 @@ class Pipeline:
                 self._replace_too_large(unit_id, subject, error)
                 continue
             if error is not None:
-                raise error if isinstance(error, DeliveryError) else DeliveryError(str(error))
+                raise error if isinstance(error, BridgeError) else DeliveryError(str(error))
             entry = self._waiting[unit_id]
             entry[1] -= 1
             self._in_flight -= 1

@@ -112,7 +112,14 @@ class PgOutputSource(_Section):
         return value
 
 
-class KafkaSink(_Section):
+class _SinkSection(_Section):
+    separate_process: bool = Field(
+        False, description="publish from a second process: event encoding and the sink's own work (the Kafka client, "
+                           "the log's writes) run on another core while this one reads and translates; deliveries "
+                           "are acknowledged as before, only once the sink has them")
+
+
+class KafkaSink(_SinkSection):
     kind: Literal["kafka"] = "kafka"
     client: Literal["kafka-python", "confluent"] = Field(
         "kafka-python", description="the producer library: kafka-python (pure Python, installed always) or confluent "
@@ -138,7 +145,7 @@ class KafkaSink(_Section):
             namespace=namespace, aggregate_type=aggregate_type)
 
 
-class LocalLogSink(_Section):
+class LocalLogSink(_SinkSection):
     """An embedded, durable, append-only event log on local disk: no server needed."""
 
     kind: Literal["locallog"] = "locallog"

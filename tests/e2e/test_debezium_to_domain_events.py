@@ -35,7 +35,7 @@ class Run:
     """One bridge configuration against one test database, with its topics and consumer group."""
 
     def __init__(self, stack: StackInfo, capture: DebeziumCapture, tmp_path: Path, sink: dict | None = None,
-                 client: str = "kafka-python") -> None:
+                 client: str = "kafka-python", separate_process: bool = False) -> None:
         suffix = uuid.uuid4().hex[:6]
         self.stack, self.capture = stack, capture
         self.group = f"bridge-{suffix}"
@@ -46,7 +46,8 @@ class Run:
             source={"bootstrap_servers": stack.bootstrap_servers, "topic_prefix": capture.topic_prefix,
                     "group_id": self.group, "transaction_wait_s": 60},
             sink=sink or {"bootstrap_servers": stack.bootstrap_servers, "topic_template": self.out + ".{aggregate_type}",
-                          "dead_letter_topic": f"{self.out}.dead-letters", "client": client})
+                          "dead_letter_topic": f"{self.out}.dead-letters", "client": client,
+                          "separate_process": separate_process})
         self.log = tmp_path / "bridge.log"
 
     def bridge(self) -> BridgeProcess:

@@ -55,6 +55,12 @@ def _traffic(dsn: str, seed: int, result: dict) -> threading.Thread:
     return threading.Thread(target=lambda: result.update(report=run_simulation(dsn, seed=seed, count=2400, rate=60)))
 
 
+# Each producer library, and the default one in a second process (sink.separate_process): a kill -9 of the
+# bridge must take its sink process with it, and lose nothing either way.
+PUBLISHERS = [pytest.param("kafka-python", False, id="kafka-python"), pytest.param("confluent", False, id="confluent"),
+              pytest.param("kafka-python", True, id="kafka-python-separate-process")]
+
+
 @pytest.fixture
 def seed() -> int:
     value = random.SystemRandom().randrange(1 << 30)
@@ -62,9 +68,11 @@ def seed() -> int:
     return value
 
 
+@pytest.mark.parametrize(("kafka_client", "separate_process"), PUBLISHERS)
 def test_twenty_kills_of_the_direct_bridge_lose_nothing(stack: StackInfo, fresh_legacy_db: str, tmp_path: Path,
-                                                        seed: int, kafka_client: str) -> None:
-    run = DirectRun(stack.bootstrap_servers, fresh_legacy_db, tmp_path, client=kafka_client)
+                                                        seed: int, kafka_client: str, separate_process: bool) -> None:
+    run = DirectRun(stack.bootstrap_servers, fresh_legacy_db, tmp_path, client=kafka_client,
+                    separate_process=separate_process)
     rng = random.Random(seed)
     result: dict = {}
     traffic = _traffic(run.dsn, seed, result)
@@ -95,9 +103,11 @@ def test_twenty_kills_of_the_direct_bridge_lose_nothing(stack: StackInfo, fresh_
     assert_state_matches(fold(unique), run.dsn)
 
 
+@pytest.mark.parametrize(("kafka_client", "separate_process"), PUBLISHERS)
 def test_twenty_kills_of_the_debezium_bridge_lose_nothing(stack: StackInfo, debezium_capture: DebeziumCapture,
-                                                          tmp_path: Path, seed: int, kafka_client: str) -> None:
-    run = Run(stack, debezium_capture, tmp_path, client=kafka_client)
+                                                          tmp_path: Path, seed: int, kafka_client: str,
+                                                          separate_process: bool) -> None:
+    run = Run(stack, debezium_capture, tmp_path, client=kafka_client, separate_process=separate_process)
     rng = random.Random(seed)
     result: dict = {}
     traffic = _traffic(debezium_capture.dsn, seed, result)

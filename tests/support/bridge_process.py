@@ -38,6 +38,38 @@ def write_e2e_config(workdir: Path, *, source: dict[str, Any], sink: dict[str, A
     )
 
 
+def sink_processes_of(parent_pid: int) -> list[int]:
+    """Pids of live sink processes (python -m bridge.sinks.process_worker <parent pid>) started by `parent_pid`."""
+    wanted = f"bridge.sinks.process_worker\0{parent_pid}\0".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if wanted in (entry / "cmdline").read_bytes() and not _ended(int(entry.name)):
+                found.append(int(entry.name))
+        except OSError:  # ended meanwhile
+            continue
+    return found
+
+
+def _ended(pid: int) -> bool:
+    """Gone, or every thread of it a zombie (its files, a lock among them, are closed with its last thread).
+    Not the command line: an exiting process loses it before it closes its files."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        return all("State:\tZ" in (task / "status").read_text() for task in tasks)
+    except OSError:
+        return True
+
+
+def wait_ended(pids: list[int], timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while alive := [pid for pid in pids if not _ended(pid)]:
+        assert time.monotonic() < deadline, f"processes {alive} outlived their killed bridge"
+        time.sleep(0.05)
+
+
 class BridgeProcess:
     def __init__(self, config: Path, log_file: Path) -> None:
         self.config = config
@@ -63,9 +95,12 @@ class BridgeProcess:
         return self.process.wait(timeout=timeout_s)
 
     def kill(self) -> None:
+        """SIGKILL, and wait until its sink process (sink.separate_process) is gone too: the kernel kills it."""
         assert self.process is not None
+        children = sink_processes_of(self.process.pid)
         self.process.kill()
         self.process.wait(timeout=30)
+        wait_ended(children)
 
     def log(self) -> str:
         return self.log_file.read_text(errors="replace")

@@ -29,10 +29,12 @@ def snapshot_complete(marker: Path) -> bool:
 
 class DirectRun:
     """The bridge reading `dsn` directly and publishing to Kafka at `bootstrap_servers`; `sink` and `pipeline`
-    add settings (a short delivery timeout, an outage limit); `client` is the sink's producer library."""
+    add settings (a short delivery timeout, an outage limit); `client` is the sink's producer library, run in a
+    second process with `separate_process`."""
 
     def __init__(self, bootstrap_servers: str, dsn: str, tmp_path: Path, *, sink: dict[str, Any] | None = None,
-                 pipeline: dict[str, Any] | None = None, client: str = "kafka-python") -> None:
+                 pipeline: dict[str, Any] | None = None, client: str = "kafka-python",
+                 separate_process: bool = False) -> None:
         suffix = uuid.uuid4().hex[:6]
         self.bootstrap_servers, self.dsn = bootstrap_servers, dsn
         self.slot = f"e2e_{suffix}"
@@ -42,7 +44,8 @@ class DirectRun:
             source={"kind": "pgoutput", "dsn": dsn, "slot_name": self.slot, "publication_name": self.slot,
                     "heartbeat_interval_s": 1.0},
             sink={"bootstrap_servers": bootstrap_servers, "topic_template": self.out + ".{aggregate_type}",
-                  "dead_letter_topic": f"{self.out}.dead-letters", "client": client, **(sink or {})},
+                  "dead_letter_topic": f"{self.out}.dead-letters", "client": client,
+                  "separate_process": separate_process, **(sink or {})},
             pipeline=pipeline)
         self.log = tmp_path / "bridge.log"
         self.marker = tmp_path / "prior-rows.snapshot.json"  # the initial snapshot's, beside state.path
