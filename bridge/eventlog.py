@@ -418,9 +418,7 @@ def acquire_writer_lock(directory: Path) -> int:
 
 
 EXITING_HOLDER_WAIT_S = 5.0
-
-
-_SIGKILL_BIT = 1 << (9 - 1)
+_SIGKILL_BIT = 1 << (9 - 1)  # signal 9 in /proc's pending-signal masks
 
 
 def _exiting(holder: str) -> bool:

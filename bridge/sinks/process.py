@@ -14,7 +14,7 @@ pipeline only after the real sink acknowledged it.
     flush / close -> ("flush", s) / ("close",)   replies ("flushed" | "closed", error)
 
 Frames are pickles (both ends are this code base). An event crosses as its fields (DomainEvent(*fields)
-on the other side), about 1.5 us an event, against 13 us to encode it. The child dies with its parent
+on the other side), about 3 us an event, against 13 us to encode it. The child dies with its parent
 (PR_SET_PDEATHSIG) and exits at end of input without publishing more; a child that dies fails every
 delivery outstanding with a retryable DeliveryError, so the daemon restarts the run and reads them again.
 """

@@ -97,12 +97,15 @@ def serve(inbox: IO[bytes], reporter: Reporter) -> None:
         return
     reporter.reply(("opened",))
     outcome = reporter.outcome
+    failed = False
     while True:
         try:
             message = pickle.load(inbox)
         except EOFError:
             os._exit(0)  # the parent is gone: see the module's docstring
         kind = message[0]
+        if kind == "publish" and failed:
+            continue  # as in one process, nothing is published after a publish raised: it would pass the failed event
         if kind == "publish":
             try:
                 for item in message[1]:
@@ -114,6 +117,7 @@ def serve(inbox: IO[bytes], reporter: Reporter) -> None:
                 if not isinstance(exc, BridgeError):
                     log.exception("publishing failed in the sink process")
                 reporter.reply(("fatal", error_to_wire(exc)))
+                failed = True
         elif kind == "flush":
             reporter.reply(("flushed", _outcome_of(sink.flush, message[1])))
         elif kind == "close":

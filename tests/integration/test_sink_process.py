@@ -123,6 +123,27 @@ def test_the_log_holds_byte_for_byte_what_the_sink_in_this_process_writes(tmp_pa
         assert written(tmp_path / "separate", log) == expected
 
 
+def test_a_record_the_sink_refuses_is_reported_as_the_sink_in_this_process_reports_it(tmp_path: Path) -> None:
+    bad = events(3)
+    bad[1] = DomainEvent(**{**{name: getattr(bad[1], name) for name in bad[1].__slots__},  # type: ignore[arg-type]
+                            "data": {"tags": {"a", "b"}}})  # a set has no JSON form
+    reported: dict[str, list[BaseException | None]] = {}
+    for name in ("same", "separate"):
+        section = LocalLogSink(path=tmp_path / name)
+        sink = SinkProcess.open(section, []) if name == "separate" else open_sink(section, [])
+        outcomes = Outcomes()
+        for event in bad:
+            sink.publish(event, outcomes)
+        sink.flush(30)
+        reported[name] = outcomes.wait_for(3)
+        sink.close()
+    same, separate = ([(type(e), str(e), getattr(e, "retryable", None)) for e in reported[name] if e is not None]
+                      for name in ("same", "separate"))
+    assert len(same) == 1 and "data.tags" in same[0][1]
+    assert separate == same
+    assert reported["separate"].count(None) == 2
+
+
 def test_an_open_that_fails_raises_what_opening_in_this_process_raises(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
