@@ -104,6 +104,12 @@ class LegacyServer:
     admin_dsn: str
 
 
+# For tests parametrized on ("kafka_client", "separate_process"): each producer library, and the default one
+# with the sink in a second process (sink.separate_process).
+PUBLISHERS = [pytest.param("kafka-python", False, id="kafka-python"), pytest.param("confluent", False, id="confluent"),
+              pytest.param("kafka-python", True, id="kafka-python-separate-process")]
+
+
 @pytest.fixture(params=["kafka-python", "confluent"])
 def kafka_client(request: pytest.FixtureRequest) -> str:
     """The Kafka sink's producer library (sink.client): a test asking for it runs on both, with the same

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from legacy_db.simulate import run_simulation
-from tests.conftest import DebeziumCapture
+from tests.conftest import PUBLISHERS, DebeziumCapture
 from tests.e2e.test_debezium_to_domain_events import Run
 from tests.support.direct_run import DirectRun
 from tests.support.bridge_process import BridgeProcess, wait_caught_up
@@ -53,12 +53,6 @@ def _kill_loop(start: Callable[[], BridgeProcess], rng: random.Random, kills: in
 def _traffic(dsn: str, seed: int, result: dict) -> threading.Thread:
     # About as long as the kill rounds take, so every round kills a bridge with work in hand.
     return threading.Thread(target=lambda: result.update(report=run_simulation(dsn, seed=seed, count=2400, rate=60)))
-
-
-# Each producer library, and the default one in a second process (sink.separate_process): a kill -9 of the
-# bridge must take its sink process with it, and lose nothing either way.
-PUBLISHERS = [pytest.param("kafka-python", False, id="kafka-python"), pytest.param("confluent", False, id="confluent"),
-              pytest.param("kafka-python", True, id="kafka-python-separate-process")]
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ import pytest
 
 from legacy_db.migrate import apply_migrations
 from legacy_db.simulate import run_simulation
+from tests.conftest import PUBLISHERS
 from tests.support.bridge_process import REPO_ROOT, BridgeProcess, write_e2e_config
 from tests.support.direct_run import DirectRun
 from tests.support.event_checks import (
@@ -116,12 +117,13 @@ def assert_everything_arrived(run: DirectRun) -> list[dict[str, Any]]:
     return [json.loads(record.value) for record in run.dead_letters()]
 
 
+@pytest.mark.parametrize(("kafka_client", "separate_process"), PUBLISHERS)
 def test_kafka_stopped_longer_than_the_delivery_timeout_is_waited_for_and_nothing_is_lost(
-    fresh_legacy_db: str, private_kafka: PrivateService, tmp_path: Path, kafka_client: str,
+    fresh_legacy_db: str, private_kafka: PrivateService, tmp_path: Path, kafka_client: str, separate_process: bool,
 ) -> None:
     bootstrap = private_kafka.facts["bootstrap_servers"]
     run = DirectRun(bootstrap, fresh_legacy_db, tmp_path, sink={"delivery_timeout_s": DELIVERY_TIMEOUT_S},
-                    pipeline={"outage_limit_s": 900}, client=kafka_client)
+                    pipeline={"outage_limit_s": 900}, client=kafka_client, separate_process=separate_process)
     bridge = run.bridge()
     try:
         run.wait_for_slot(bridge)
@@ -147,12 +149,14 @@ def test_kafka_stopped_longer_than_the_delivery_timeout_is_waited_for_and_nothin
     assert assert_everything_arrived(run) == []
 
 
-def refused_kafka_config(dsn: str, tmp_path: Path, limit_s: float, client: str) -> tuple[Path, int]:
+def refused_kafka_config(dsn: str, tmp_path: Path, limit_s: float, client: str,
+                         separate_process: bool = False) -> tuple[Path, int]:
     with socket.socket() as probe:  # a port nobody listens on: connections are refused, the host is fine
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     return write_e2e_config(tmp_path, source={"kind": "pgoutput", "dsn": dsn},
-                            sink={"bootstrap_servers": f"127.0.0.1:{port}", "client": client},
+                            sink={"bootstrap_servers": f"127.0.0.1:{port}", "client": client,
+                                  "separate_process": separate_process},
                             pipeline={"outage_limit_s": limit_s}), port
 
 
@@ -171,9 +175,11 @@ def test_sigterm_while_waiting_for_kafka_stops_at_once_with_exit_code_0(fresh_le
     assert_clean_log(bridge)
 
 
+@pytest.mark.parametrize(("kafka_client", "separate_process"), PUBLISHERS)
 def test_kafka_away_beyond_the_outage_limit_exits_3_with_one_line(fresh_legacy_db: str, tmp_path: Path,
-                                                                  kafka_client: str) -> None:
-    config, port = refused_kafka_config(fresh_legacy_db, tmp_path, limit_s=12, client=kafka_client)
+                                                                  kafka_client: str, separate_process: bool) -> None:
+    config, port = refused_kafka_config(fresh_legacy_db, tmp_path, limit_s=12, client=kafka_client,
+                                        separate_process=separate_process)
     done = subprocess.run([sys.executable, "-m", "bridge.cli", "run", "--config", str(config)],
                           capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
     assert done.returncode == 3, done.stderr[-3000:]
