@@ -272,14 +272,14 @@ class SinkProcess:
             callback = self._callbacks.pop(number, None)
             if callback is not None:
                 callback(error)
-        self._replies.put(("failed", error_to_wire(error)))
+        self._replies.put(("lost",))  # wakes a caller waiting for a reply: not the child's own "failed" (an open)
 
     def _reply(self, timeout_s: float | None) -> tuple[Any, ...]:
         try:
             reply = self._replies.get(timeout=timeout_s)
         except queue.Empty:
             raise DeliveryError(f"the sink process did not answer within {timeout_s:.0f}s", retryable=True) from None
-        if reply[0] in ("failed", "ended") and self._failure is not None:
+        if reply[0] in ("lost", "ended") and self._failure is not None:
             raise self._failure
         return reply
 

@@ -168,6 +168,30 @@ def test_a_second_writer_is_refused_as_in_one_process(tmp_path: Path) -> None:
     SinkProcess.open(section, []).close()  # closed: the lock is free again
 
 
+def test_an_open_refused_is_reported_even_when_the_child_has_ended_before_the_reply_is_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The child answers "failed" and exits; by the time the reply is read, the reader has seen the end of its
+    # output. The child's reason must win over "ended unexpectedly" (retryable: a typo would be waited for).
+    reply = SinkProcess._reply
+
+    def late(self: SinkProcess, timeout_s: float | None) -> tuple[Any, ...]:
+        child = self._child
+        assert child is not None
+        child.wait(30)
+        time.sleep(0.3)  # the reader has read the end of the child's output
+        return reply(self, timeout_s)
+
+    section = LocalLogSink(path=tmp_path / "events")
+    first = SinkProcess.open(section, [])
+    try:
+        monkeypatch.setattr(SinkProcess, "_reply", late)
+        with pytest.raises(ConfigurationError, match="being written by another process"):
+            SinkProcess.open(section, [])
+    finally:
+        monkeypatch.undo()
+        first.close()
+
+
 def test_a_killed_sink_process_fails_every_outstanding_delivery_retryably(tmp_path: Path) -> None:
     # A long fsync interval keeps the deliveries outstanding until the kill.
     sink = SinkProcess.open(LocalLogSink(path=tmp_path / "events", fsync_interval_ms=60_000), [])
