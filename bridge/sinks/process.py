@@ -155,7 +155,7 @@ class SinkProcess:
         if child is None:
             return
         error: BridgeError | None = None
-        if child.poll() is None and self._failure is None:
+        if child.poll() is None:  # also after a publish failed there: it still closes its sink when told
             self._enqueue(("close",))
             try:
                 reply = self._reply(EXIT_WAIT_S + REPLY_MARGIN_S)
@@ -163,7 +163,6 @@ class SinkProcess:
                 reply = ("ended",)
             if reply[0] == "closed" and reply[1] is not None:
                 error = error_from_wire(reply[1])
-        self._wake.set()
         try:
             child.wait(EXIT_WAIT_S)
         except subprocess.TimeoutExpired:
