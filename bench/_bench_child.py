@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _peak_rss import peak_rss_mb  # noqa: E402 (bench/ is the script's own folder)
+from _peak_rss import peak_rss_mb, status_mb  # noqa: E402 (bench/ is the script's own folder)
 
 
 def passthrough(args: argparse.Namespace) -> dict:
@@ -72,12 +72,9 @@ def bridge(args: argparse.Namespace) -> dict:
 def sample_rss(every_s: float, samples: list[list[float]], stop: threading.Event) -> None:
     """Append [seconds since start, VmRSS MB] every `every_s` until `stop` is set."""
     started = time.monotonic()
-    status = Path("/proc/self/status")
     while not stop.wait(every_s):
-        for line in status.read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                samples.append([round(time.monotonic() - started, 1), round(int(line.split()[1]) / 1024, 1)])
-                break
+        if (rss := status_mb("VmRSS")) is not None:
+            samples.append([round(time.monotonic() - started, 1), round(rss, 1)])
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _peak_rss import peak_rss_mb  # noqa: E402 (bench/ is the script's own folder)
+from _peak_rss import peak_rss_mb, status_mb  # noqa: E402 (bench/ is the script's own folder)
 
 PROCESS_START = time.monotonic()
 ROW_MESSAGES = (ord("I"), ord("U"), ord("D"), ord("T"))  # pgoutput Insert, Update, Delete, Truncate
@@ -188,11 +188,8 @@ def _sink_process_peaks() -> list[float]:
 
     def close(self: Any) -> None:
         child = getattr(self, "_child", None)
-        if child is not None and child.poll() is None:
-            status = Path(f"/proc/{child.pid}/status")
-            for line in status.read_text().splitlines() if status.exists() else []:
-                if line.startswith("VmHWM:"):
-                    peaks.append(int(line.split()[1]) / 1024)
+        if child is not None and child.poll() is None and (peak := status_mb("VmHWM", child.pid)) is not None:
+            peaks.append(peak)
         original(self)
 
     SinkProcess.close = close  # type: ignore[method-assign]
