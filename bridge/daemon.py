@@ -23,7 +23,7 @@ from bridge.mapping.loader import load_mappings
 from bridge.pipeline import Pipeline, PipelineStats
 from bridge.preflight import enforce_at_start
 from bridge.redact import redacted_dsn
-from bridge.ports import ChangeSource
+from bridge.ports import ChangeSource, EventSink
 from bridge.settings import KafkaSink, LocalLogSink, Settings
 from bridge.sinks.opening import open_sink
 from bridge.sinks.process import SinkProcess
@@ -193,7 +193,7 @@ class _Runs:
                 raise ServiceUnavailable(str(exc)) from exc
             self.opened += 1
             self.stage = "run"
-            hook = self._metrics(source, parts)
+            hook = self._metrics(source, sink, parts)
             pipeline = Pipeline(source, sink, self.mappings,
                                 source_id=settings.source_id, prior_rows=self.store,
                                 max_in_flight_events=settings.pipeline.max_in_flight_events,
@@ -207,14 +207,17 @@ class _Runs:
                                        **({"restarts": self.supervisor.restarts} if self.supervisor.restarts else {})})
             pipeline.run(self.stop, idle_exit_s=self.idle_exit_s)
 
-    def _metrics(self, source: ChangeSource, parts: ExitStack) -> Any:
+    def _metrics(self, source: ChangeSource, sink: EventSink, parts: ExitStack) -> Any:
         if not self.serving:
             return None
-        from bridge.metrics import count_restart, set_source_connected
+        from bridge.metrics import count_restart, set_source_connected, watch_sink_process
 
         if self.opened > 1:
             count_restart()
         parts.callback(set_source_connected, False)  # until the next run is up
+        if isinstance(sink, SinkProcess):
+            watch_sink_process(sink.pid)
+            parts.callback(watch_sink_process, None)
         return _metrics_hook(self.settings, source, self.stats, parts)
 
 

@@ -30,6 +30,11 @@ log = logging.getLogger("bridge.metrics")
 # The bridge's own registry: tests and embedders get exactly these metrics, not a process-global mix.
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
+# sink.separate_process: the sink process's CPU, memory and files as cdc_bridge_sink_process_*, absent while none
+# runs (its pid, when one does; a path /proc does not have yields nothing).
+_SINK_PROCESS: list[int] = []
+ProcessCollector(namespace="cdc_bridge_sink", pid=lambda: _SINK_PROCESS[0] if _SINK_PROCESS else "none",
+                 registry=REGISTRY)
 
 CHANGES = Counter("cdc_bridge_changes", "Row changes read from the source, per legacy table and operation "
                   "(c, u, d, r, t, m)", ["table", "op"], registry=REGISTRY)
@@ -94,6 +99,11 @@ def count_restart() -> None:
 def mark_alive() -> None:
     """The daemon is alive though the pipeline is not running (waiting to reconnect, say)."""
     HEALTH.last_beat = time.monotonic()
+
+
+def watch_sink_process(pid: int | None) -> None:
+    """The sink process whose figures /metrics shows (None: there is none now)."""
+    _SINK_PROCESS[:] = [] if pid is None else [pid]
 
 
 def set_source_connected(connected: bool) -> None:

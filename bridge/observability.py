@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Mapping
 from datetime import datetime, timezone
+from typing import Any
 
 from bridge.redact import scrub
 
@@ -36,9 +38,26 @@ class TextFormatter(logging.Formatter):
         return scrub(f"{record.levelname:<7} {record.name}: {record.getMessage()}" + (f"  {context}" if context else ""))
 
 
-def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
+class _Context(logging.Filter):
+    """Fixed fields on every line: a process sharing the bridge's stderr (the sink process) names itself."""
+
+    def __init__(self, fields: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.fields = dict(fields)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name, value in self.fields.items():
+            if name not in vars(record):  # a call's own `extra` wins
+                setattr(record, name, value)
+        return True
+
+
+def configure_logging(level: str = "INFO", fmt: str = "json", *, context: Mapping[str, Any] | None = None) -> None:
+    """One handler on stderr for every logger; `context`: fields every line carries."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    if context:
+        handler.addFilter(_Context(context))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

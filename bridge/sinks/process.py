@@ -130,6 +130,11 @@ class SinkProcess:
         self._closing = False
         self._threads: list[threading.Thread] = []
 
+    @property
+    def pid(self) -> int | None:
+        """The child's process id (None before it started)."""
+        return None if self._child is None else self._child.pid
+
     # --- the EventSink ---------------------------------------------------------------------------------
 
     def publish(self, event: DomainEvent, on_delivery: DeliveryCallback) -> None:

@@ -87,7 +87,7 @@ def die_with(parent_pid: int) -> None:
 def serve(inbox: IO[bytes], reporter: Reporter) -> None:
     """Open the sink the first frame describes, then publish, flush and close as told."""
     _, section_name, section_json, aggregates, log_level, log_format = pickle.load(inbox)
-    configure_logging(log_level, log_format)
+    configure_logging(log_level, log_format, context={"component": "sink_process", "pid": os.getpid()})
     try:
         sink = open_sink(SECTIONS[section_name].model_validate_json(section_json), aggregates)
     except BaseException as exc:  # noqa: BLE001 (whatever it is, the parent reports it)

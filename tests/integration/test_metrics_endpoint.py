@@ -12,6 +12,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import pytest
+
 from bridge.daemon import run_daemon
 from bridge.pipeline import PipelineStats
 from bridge.settings import load_settings
@@ -44,13 +46,16 @@ def _status(url: str) -> int:
         return exc.code
 
 
-def test_a_running_bridge_serves_its_metrics_and_health(tmp_path: Path, fresh_legacy_db: str) -> None:
+@pytest.mark.parametrize("separate_process", [False, True], ids=["one-process", "separate-process"])
+def test_a_running_bridge_serves_its_metrics_and_health(tmp_path: Path, fresh_legacy_db: str,
+                                                        separate_process: bool) -> None:
     port = _free_port()
     name = f"met_{uuid.uuid4().hex[:8]}"
     config = write_config(tmp_path / "bridge.yaml", mappings=[str(REPO_ROOT / "mappings" / "restaurant.yaml")],
                           source={"kind": "pgoutput", "dsn": fresh_legacy_db, "slot_name": name,
                                   "publication_name": name},
-                          sink={"kind": "locallog", "path": str(tmp_path / "events")},
+                          sink={"kind": "locallog", "path": str(tmp_path / "events"),
+                                "separate_process": separate_process},
                           state={"path": str(tmp_path / "prior-rows.sqlite")},
                           metrics={"port": port, "lag_interval_s": 0.5})
     stop = threading.Event()
@@ -71,6 +76,8 @@ def test_a_running_bridge_serves_its_metrics_and_health(tmp_path: Path, fresh_le
         while _status_or_none(f"{base}/readyz") != 200:
             assert not errors and time.monotonic() < deadline, errors or "never ready"
             time.sleep(0.2)
+        # The counters belong to the process (a test before this one may have counted): compare what this run adds.
+        baseline = _scrape(f"{base}/metrics")
         report = run_simulation(fresh_legacy_db, seed=11, count=50)
         while stats.transactions < len(report.transactions) or stats.acknowledged < stats.events + stats.dead_letters:
             assert not errors and time.monotonic() < deadline + 120, errors or stats.as_dict()
@@ -83,18 +90,29 @@ def test_a_running_bridge_serves_its_metrics_and_health(tmp_path: Path, fresh_le
         daemon.join(timeout=60)
     assert not errors, errors
 
+    def added(name: str) -> float:
+        return samples[name] - baseline.get(name, 0.0)
+
     def total(prefix: str) -> float:
-        return sum(v for k, v in samples.items() if k.startswith(prefix))
+        return sum(added(k) for k in samples if k.startswith(prefix))
 
     expected_changes = sum(report.row_changes.values())
     assert total("cdc_bridge_changes_total{") == expected_changes
     for (table, op), count in report.row_changes.items():
-        assert samples[f'cdc_bridge_changes_total{{op="{op}",table="{table}"}}'] == count
+        assert added(f'cdc_bridge_changes_total{{op="{op}",table="{table}"}}') == count
     assert total("cdc_bridge_events_total{") == stats.events > 0
-    assert samples["cdc_bridge_commit_to_publish_seconds_count"] >= 1
+    assert added("cdc_bridge_commit_to_publish_seconds_count") >= 1
     assert samples["cdc_bridge_source_connected"] == 1
     assert "cdc_bridge_slot_lag_bytes" in samples
     assert re.search(r"cdc_bridge_events_in_flight", " ".join(samples))
+    # The sink process's own CPU and memory, beside the bridge's; none without one.
+    sink_rss = samples.get("cdc_bridge_sink_process_resident_memory_bytes")
+    if separate_process:
+        assert sink_rss is not None and sink_rss > 10e6, samples
+        assert samples["cdc_bridge_sink_process_cpu_seconds_total"] > 0
+        assert samples["cdc_bridge_sink_process_start_time_seconds"] >= samples["process_start_time_seconds"]
+    else:
+        assert sink_rss is None
     # Stopped: the endpoint is gone with the daemon.
     assert _status_or_none(f"{base}/healthz") is None
 
