@@ -204,12 +204,16 @@ def kill_walsender(dsn: str, slot: str) -> int:
     return 0 if row is None else int(bool(row[0]))
 
 
+@pytest.mark.parametrize("separate_process", [False, True], ids=["one-process", "separate-process"])
 def test_a_killed_walsender_and_a_postgresql_restart_are_ridden_out_and_nothing_is_lost(
-    stack: StackInfo, private_postgres: PrivateService, tmp_path: Path,
+    stack: StackInfo, private_postgres: PrivateService, tmp_path: Path, separate_process: bool,
 ) -> None:
+    """Also with the sink in a second process: each restart of a run starts a new sink process, and the
+    events the old one had not confirmed are read and published again."""
     dsn = private_postgres.facts["dsn"]
     apply_migrations(dsn)
-    run = DirectRun(stack.bootstrap_servers, dsn, tmp_path, pipeline={"outage_limit_s": 900})
+    run = DirectRun(stack.bootstrap_servers, dsn, tmp_path, pipeline={"outage_limit_s": 900},
+                    separate_process=separate_process)
     waiting = "waiting for PostgreSQL at "
     bridge = run.bridge()
     try:

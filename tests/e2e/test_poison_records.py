@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -115,31 +116,46 @@ def test_poison_debezium_records_are_dead_lettered_and_a_restart_does_not_stop_o
 def test_a_row_too_large_for_kafka_becomes_a_bounded_dead_letter_and_the_slot_moves_on(
     direct_run: DirectRun,  # noqa: F811
 ) -> None:
-    first = direct_run.bridge()
+    _a_row_too_large_becomes_a_bounded_dead_letter(direct_run)
+
+
+def test_a_row_too_large_is_refused_alike_with_the_sink_in_a_separate_process(
+    stack: StackInfo, fresh_legacy_db: str, tmp_path: Path,
+) -> None:
+    """RecordTooLarge crosses from the sink process with its size, limit and where: the same bounded dead letter."""
+    run = DirectRun(stack.bootstrap_servers, fresh_legacy_db, tmp_path, separate_process=True)
+    try:
+        _a_row_too_large_becomes_a_bounded_dead_letter(run)
+    finally:
+        run.drop_slot()
+
+
+def _a_row_too_large_becomes_a_bounded_dead_letter(run: DirectRun) -> None:
+    first = run.bridge()
     second: BridgeProcess | None = None
     try:
-        direct_run.wait_for_slot(first)
-        with psycopg.connect(direct_run.dsn, autocommit=True) as conn:
+        run.wait_for_slot(first)
+        with psycopg.connect(run.dsn, autocommit=True) as conn:
             conn.execute("INSERT INTO menu_items (id,name,description,price) VALUES (2,'Big',repeat('x',1500000),2)")
         deadline = time.monotonic() + 120
-        while not direct_run.dead_letters():
+        while not run.dead_letters():
             assert first.alive(), f"the bridge stopped:\n{first.log()[-4000:]}"
             assert time.monotonic() < deadline, first.log()[-4000:]
             time.sleep(0.2)
         first.kill()  # kill -9 right after the dead letter: its change may be read and dead-lettered again
-        second = direct_run.bridge()
-        _insert_menu_item(direct_run.dsn, 3)  # later changes are published
-        _wait_for_item(direct_run, second, 3)
-        direct_run.wait_caught_up(second)  # the slot is confirmed past the big row
+        second = run.bridge()
+        _insert_menu_item(run.dsn, 3)  # later changes are published
+        _wait_for_item(run, second, 3)
+        run.wait_caught_up(second)  # the slot is confirmed past the big row
         assert second.stop() == 0, second.log()[-3000:]
     finally:
         for process in (first, second):
             if process is not None and process.alive():
                 process.kill()
-    assert "MessageSizeTooLarge" not in direct_run.log.read_text()
-    assert "MSG_SIZE_TOO_LARGE" not in direct_run.log.read_text()  # the confluent client's name for it
+    assert "MessageSizeTooLarge" not in run.log.read_text()
+    assert "MSG_SIZE_TOO_LARGE" not in run.log.read_text()  # the confluent client's name for it
 
-    copies = direct_run.dead_letters()
+    copies = run.dead_letters()
     assert len({(r.key, r.value, tuple(r.headers)) for r in copies}) == 1, "a repeated dead letter is byte-identical"
     letter = json.loads(copies[0].value)
     assert len(copies[0].value) < 20_000
@@ -148,7 +164,7 @@ def test_a_row_too_large_for_kafka_becomes_a_bounded_dead_letter_and_the_slot_mo
     assert letter["change"]["table"] == "public.menu_items" and letter["change"]["key"] == {"id": 2}
     assert letter["event"]["type"] == "restaurant.menu_item.MenuItemAdded.v1"
     assert letter["payload"]["prefix"].startswith('{"menuItemId":2,"name":"Big","description":"xxxx')
-    assert set(_menu_item_events(direct_run.events())) == {3}
+    assert set(_menu_item_events(run.events())) == {3}
 
 
 def _reported(outcomes: list[Any], count: int, timeout_s: float = 30) -> list[Any]:
