@@ -2,6 +2,8 @@
 
     passthrough: consume every record and produce it unchanged (same client settings as the bridge)
     bridge:      the real pipeline (decode, assemble transactions, translate, publish, commit)
+    bridge-confluent, bridge-process, bridge-confluent-process: the same with sink.client: confluent and/or
+                 sink.separate_process: true (the sink's peak RSS is then reported apart, sink_process_max_rss_mb)
 
 Prints one JSON line: seconds (start to last acknowledged delivery), cpu_seconds, max_rss_mb, and counts; with
 --rss-every S also rss_mb_over_time, [seconds since start, VmRSS MB] every S seconds. --code DIR runs the
@@ -19,9 +21,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+KINDS = ["passthrough", "bridge", "bridge-confluent", "bridge-process", "bridge-confluent-process"]
 sys.path.insert(0, str(REPO))
 
-from _peak_rss import peak_rss_mb, status_mb  # noqa: E402 (bench/ is the script's own folder)
+from _peak_rss import peak_rss_mb, sink_process_peaks, status_mb  # noqa: E402 (bench/ is the script's own folder)
 
 
 def passthrough(args: argparse.Namespace) -> dict:
@@ -57,16 +60,19 @@ def bridge(args: argparse.Namespace) -> dict:
         source={"bootstrap_servers": args.bootstrap, "topic_prefix": prefix, "group_id": args.group},
         sink={"bootstrap_servers": args.bootstrap, "topic_template": args.out + ".{aggregate_type}",
               "dead_letter_topic": args.out + ".dead-letters",
-              "client": "confluent" if args.kind == "bridge-confluent" else "kafka-python"},
+              "client": "confluent" if args.kind.startswith("bridge-confluent") else "kafka-python",
+              "separate_process": args.kind.endswith("-process")},
         state={"path": args.state},
         logging={"level": "WARNING"},
     )
+    sink_peaks = sink_process_peaks()
     started = time.monotonic()
     stop = threading.Event()
     stats = run_daemon(settings, stop=stop, idle_exit_s=2.0)
     seconds = stats.last_activity - started
     return {"seconds": seconds, "changes": stats.changes, "transactions": stats.transactions,
-            "events": stats.events, "dead_letters": stats.dead_letters, "unmatched": dict(stats.unmatched)}
+            "events": stats.events, "dead_letters": stats.dead_letters, "unmatched": dict(stats.unmatched),
+            "sink_process_max_rss_mb": max(sink_peaks) if sink_peaks else None}
 
 
 def sample_rss(every_s: float, samples: list[list[float]], stop: threading.Event) -> None:
@@ -79,7 +85,7 @@ def sample_rss(every_s: float, samples: list[list[float]], stop: threading.Event
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=["passthrough", "bridge", "bridge-confluent"])  # the sink's client
+    parser.add_argument("kind", choices=KINDS)
     for option in ("--bootstrap", "--group", "--prefix", "--topics", "--out", "--state"):
         parser.add_argument(option, required=True)
     parser.add_argument("--records", type=int, required=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import resource
 from pathlib import Path
+from typing import Any
 
 
 def status_mb(field: str, pid: int | str = "self") -> float | None:
@@ -23,3 +24,23 @@ def peak_rss_mb() -> float:
     exec into it, so a child of a big parent would report the parent's size."""
     peak = status_mb("VmHWM")
     return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def sink_process_peaks() -> list[float]:
+    """Wrap SinkProcess.close (sink.separate_process) so the sink process's VmHWM is read just before it ends;
+    the list of them. A process's own peak_rss_mb does not hold its sink process's."""
+    try:
+        from bridge.sinks.process import SinkProcess
+    except ImportError:  # a build before sink.separate_process (--base-code)
+        return []
+    peaks: list[float] = []
+    original = SinkProcess.close
+
+    def close(self: Any) -> None:
+        child = getattr(self, "_child", None)
+        if child is not None and child.poll() is None and (peak := status_mb("VmHWM", child.pid)) is not None:
+            peaks.append(peak)
+        original(self)
+
+    SinkProcess.close = close  # type: ignore[method-assign]
+    return peaks

@@ -28,7 +28,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _peak_rss import peak_rss_mb, status_mb  # noqa: E402 (bench/ is the script's own folder)
+from _peak_rss import peak_rss_mb, sink_process_peaks  # noqa: E402 (bench/ is the script's own folder)
 
 PROCESS_START = time.monotonic()
 ROW_MESSAGES = (ord("I"), ord("U"), ord("D"), ord("T"))  # pgoutput Insert, Update, Delete, Truncate
@@ -138,7 +138,7 @@ def bridge(spec: dict[str, Any]) -> dict[str, Any]:
     timings = {"checkpoint": _time_calls(bridge.pipeline.Pipeline, "_checkpoint"),
                "prior_rows_flush": _time_calls(bridge.state.PriorRowStore, "flush"),
                "prior_rows_prune": _time_calls(bridge.state.PriorRowStore, "prune")}
-    sink_peaks = _sink_process_peaks()
+    sink_peaks = sink_process_peaks()
     settings = Settings(
         source_id="bench",
         # "mappings": a copy of mappings/ without its contracts/ folder, for the contracts-off runs
@@ -175,25 +175,6 @@ def bridge(spec: dict[str, Any]) -> dict[str, Any]:
             "sink_process_max_rss_mb": max(sink_peaks) if sink_peaks else None,
             **{f"{name}_ms_{stat}": (round(pick(values) * 1000, 1) if values else None)
                for name, values in timings.items() for stat, pick in (("median", statistics.median), ("max", max))}}
-
-
-def _sink_process_peaks() -> list[float]:
-    """Wrap SinkProcess.close so the sink process's VmHWM is read just before it ends; the list of them."""
-    try:
-        from bridge.sinks.process import SinkProcess
-    except ImportError:  # a build before sink.separate_process (--base-code)
-        return []
-    peaks: list[float] = []
-    original = SinkProcess.close
-
-    def close(self: Any) -> None:
-        child = getattr(self, "_child", None)
-        if child is not None and child.poll() is None and (peak := status_mb("VmHWM", child.pid)) is not None:
-            peaks.append(peak)
-        original(self)
-
-    SinkProcess.close = close  # type: ignore[method-assign]
-    return peaks
 
 
 def _time_calls(owner: type, name: str) -> list[float]:

@@ -24,21 +24,23 @@ def py_spy(path: Path, top: int) -> None:
     other: Counter[str] = Counter()
     threads: Counter[str] = Counter()
     main = 0
-    for line in path.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        frames = stack.split(";")
-        thread, frames = frames[0], [re.sub(r":\d+\)$", ")", frame) for frame in frames[1:]]
-        name = re.sub(r"^thread \(\d+\)(: )?", "", thread) or "(unnamed)"
-        threads[name] += int(count)
+    lines = [_split(line) for line in path.read_text().splitlines()]
+    # `--subprocesses` prefixes each stack with its process: the bridge's main thread is the busiest MainThread.
+    mains = Counter(process for process, name, _frames, count in lines if name == "MainThread" for _ in range(count))
+    bridge = mains.most_common(1)[0][0] if mains else ""
+    for process, name, frames, count in lines:
+        if process != bridge:
+            name = f"{process}: {name}"
+        threads[name] += count
         if not frames:
             continue
         if name != "MainThread":
-            other[f"{name}: {frames[-1]}"] += int(count)
+            other[f"{name}: {frames[-1]}"] += count
             continue
-        main += int(count)
-        own[frames[-1]] += int(count)
+        main += count
+        own[frames[-1]] += count
         for frame in set(frames):
-            inclusive[frame] += int(count)
+            inclusive[frame] += count
     print(f"{path.name}: samples per thread {dict(threads.most_common())}")
     for title, counts in (("inclusive (main thread)", inclusive), ("self (main thread)", own)):
         print(f"--- {title}")
@@ -47,6 +49,17 @@ def py_spy(path: Path, top: int) -> None:
     print("--- other threads, self, as shares of the main thread's samples")
     for frame, count in other.most_common(10):
         print(f"{100 * count / main:5.1f}%  {frame}")
+
+
+def _split(line: str) -> tuple[str, str, list[str], int]:
+    """(process, thread name, frames without line numbers, samples) of one raw py-spy line."""
+    stack, _, count = line.rpartition(" ")
+    frames = stack.split(";")
+    process = ""
+    if frames[0].startswith("process "):
+        process, frames = re.sub(r'^process (\d+):"(.*)"$', r"\1 \2", frames[0]).strip(), frames[1:]
+    thread, frames = frames[0], [re.sub(r":\d+\)$", ")", frame) for frame in frames[1:]]
+    return process, re.sub(r"^thread \(\d+\)(: )?", "", thread) or "(unnamed)", frames, int(count)
 
 
 def cprofile(path: Path, top: int) -> None:

@@ -115,7 +115,8 @@ def main() -> int:
     parser.add_argument("--state", type=Path, help="use the running stack under this state dir")
     parser.add_argument("--kinds", default="passthrough,bridge",
                         help="which runs to make (e.g. just 'bridge' to measure memory at a large N; "
-                             "bridge-confluent: the bridge with sink.client: confluent)")
+                             "bridge-confluent: the bridge with sink.client: confluent; a '-process' suffix: with "
+                             "sink.separate_process: true)")
     parser.add_argument("--reuse-prefix", help="with --state: measure topics an earlier run filled (its topic prefix)")
     parser.add_argument("--prepare-only", action="store_true",
                         help="with --state: fill a new backlog of --changes row changes, print its prefix, stop")
@@ -194,6 +195,12 @@ def summarize(results: dict[str, list[dict]], records: int, changes: int) -> dic
                 summary[f"{kind}_throughput_vs_passthrough"] = round(median["passthrough"] / median[kind], 3)
     if "bridge-confluent" in median and "bridge" in median:
         summary["bridge_confluent_over_bridge_time"] = round(median["bridge-confluent"] / median["bridge"], 3)
+    for kind in median:
+        if kind.endswith("-process") and kind.removesuffix("-process") in median:  # the split's own ratio
+            summary[f"{kind}_speedup_over_one_process"] = round(median[kind.removesuffix("-process")] / median[kind], 3)
+        if any(r.get("sink_process_max_rss_mb") for r in results[kind]):
+            summary[f"{kind}_sink_process_peak_rss_mb"] = round(max(r["sink_process_max_rss_mb"] or 0
+                                                                    for r in results[kind]), 1)
     return summary
 
 

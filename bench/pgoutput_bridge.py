@@ -25,6 +25,10 @@ Throughput (mode `throughput`)
                        JSON with schemas, transaction metadata) but snapshot.mode=no_data, its own
                        publication and slot copy, offsets in memory; a Python handler takes every
                        record's JSON text into Python and counts row changes until N
+      source           the bridge's direct source alone (bench/_pgoutput_source_child.py, as in
+                       bench/pgoutput_source.py): decoding and transaction assembly, every unit acknowledged
+                       at once, nothing translated or published; timed from the source's construction to
+                       the N-th change. The ceiling of any bridge that decodes the stream in one process
       bridge-kafka     bridge.daemon.run_daemon, source pgoutput, sink Kafka (acks=all, idempotent)
       bridge-kafka-confluent
                        bridge-kafka with sink.client: confluent (confluent-kafka's producer on librdkafka,
@@ -91,6 +95,7 @@ import connectors
 import psycopg
 from _finish import finish
 from debezium_bridge import _end_offset_sum
+from pgoutput_source import run_build
 
 from bridge.mapping.loader import load_mappings
 from legacy_db.simulate import run_simulation
@@ -277,6 +282,10 @@ def run_consumer(kind: str, stack: Stack, work: Workload, folder: Path, run: int
                           "publication": work.bridge_publication}, folder / tag)
     slot = copy_slot(work, tag)
     try:
+        if kind == "source":
+            result = run_build({"dsn": work.dsn, "publication": work.bridge_publication, "changes": work.changes},
+                               REPO, slot, folder / tag)
+            return {**result, "drain_seconds": result["seconds"]}  # (its clock starts at construction)
         if kind == "debezium":
             return run_child({"kind": "debezium", "changes": work.changes, "handler": debezium_handler,
                               "properties": debezium_properties(stack, work, slot)}, folder / tag)
@@ -363,7 +372,7 @@ def summarize_throughput(runs: dict[str, list[dict]], changes: int) -> dict[str,
             summary[kind]["events"] = results[0]["events"]
             summary[kind]["events_per_s"] = round(results[0]["events"] / drain)
     ratios = {}
-    for bridge in BRIDGES:
+    for bridge in (*BRIDGES, "source"):
         for reference in ("debezium", "server"):
             if bridge in summary and reference in summary:
                 ratios[f"{bridge}/{reference}"] = round(
