@@ -175,8 +175,8 @@ def run_backfill(settings: Settings, options: BackfillOptions, *, stop: threadin
                                "from": {s.table: state.progress[s.table].after for s in shapes
                                         if not state.progress[s.table].done}})
             sink_settings = target.sink_settings(settings, state.run_dir)
-            sink = CountingSink(DryRunSink() if options.dry_run else _open_target(sink_settings, mappings),
-                                sink_settings)
+            opened = DryRunSink() if options.dry_run else _open_target(sink_settings, mappings, settings.logging)
+            sink = CountingSink(opened, sink_settings)
             try:
                 if not options.dry_run:
                     state.save()
@@ -341,8 +341,14 @@ def _totals(reader: SnapshotReader, shapes: list[TableShape], state: RunState) -
     return {shape.table: reader.count(shape, state.where.get(shape.table)) for shape in shapes}
 
 
-def _open_target(sink_settings: Any, mappings: CompiledMappings) -> EventSink:
-    """The target's sink; one that cannot be written is a ConfigurationError before anything is read."""
+def _open_target(sink_settings: Any, mappings: CompiledMappings, logging_settings: Any) -> EventSink:
+    """The target's sink (in a second process with sink.separate_process, as the daemon's); one that cannot be
+    written is a ConfigurationError before anything is read."""
+    if sink_settings.separate_process:
+        from bridge.sinks.process import SinkProcess
+
+        return SinkProcess.open(sink_settings, mappings.aggregates(), log_level=logging_settings.level,
+                                log_format=logging_settings.format)
     from bridge.sinks.opening import open_sink
 
     return open_sink(sink_settings, mappings.aggregates())

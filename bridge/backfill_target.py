@@ -70,8 +70,8 @@ class Target:
         if self.kind == "live":
             return sink
         if self.kind == "log":
-            return LocalLogSink(path=self.log_path(run_dir), **({"fsync_interval_ms": sink.fsync_interval_ms}
-                                                              if isinstance(sink, LocalLogSink) else {}))
+            return LocalLogSink(path=self.log_path(run_dir), separate_process=sink.separate_process,
+                                **({"fsync_interval_ms": sink.fsync_interval_ms} if isinstance(sink, LocalLogSink) else {}))
         base = sink if isinstance(sink, KafkaSink) else KafkaSink()
         suffix = self.argument or DEFAULT_TOPIC_SUFFIX
         return base.model_copy(update={

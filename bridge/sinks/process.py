@@ -12,6 +12,7 @@ pipeline only after the real sink acknowledged it.
                                                           sink.publish(event, ack(n)) ...
     reader thread <- ("acks", [(n, error)])      stdout: the real sink's delivery callbacks, in batches
     flush / close -> ("flush", s) / ("close",)   replies ("flushed" | "closed", error)
+    on_delivered = f -> ("note_placements",)     acks also carry ("placed", topic, partition, offset)
 
 Frames are pickles (both ends are this code base). An event crosses as its fields (DomainEvent(*fields)
 on the other side), about 3 us an event, against 13 us to encode it. The child dies with its parent
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import fields
 from operator import attrgetter
 from pathlib import Path
@@ -111,6 +113,7 @@ class SinkProcess:
             reply = sink._reply(None)
             if reply[0] != "opened":
                 raise error_from_wire(reply[1])
+            sink._end_offset = reply[1]
         except BaseException:
             try:
                 sink.close()
@@ -129,11 +132,31 @@ class SinkProcess:
         self._failure: BridgeError | None = None
         self._closing = False
         self._threads: list[threading.Thread] = []
+        self._on_delivered: Callable[[str, int, int], None] | None = None
+        self._end_offset: int | None = None
 
     @property
     def pid(self) -> int | None:
         """The child's process id (None before it started)."""
         return None if self._child is None else self._child.pid
+
+    # A backfill's manifest says where its events went, as in one process (bridge/backfill_target.py).
+
+    @property
+    def on_delivered(self) -> Callable[[str, int, int], None] | None:
+        """Told (topic, partition, offset) of each event a Kafka sink delivered, before its on_delivery."""
+        return self._on_delivered
+
+    @on_delivered.setter
+    def on_delivered(self, noted: Callable[[str, int, int], None] | None) -> None:
+        if noted is not None and self._on_delivered is None:
+            self._enqueue(("note_placements",))
+        self._on_delivered = noted
+
+    @property
+    def end_offset(self) -> int | None:
+        """The local log's next offset when it opened, and once closed when it closed; None for Kafka."""
+        return self._end_offset
 
     # --- the EventSink ---------------------------------------------------------------------------------
 
@@ -166,8 +189,9 @@ class SinkProcess:
                 reply = self._reply(EXIT_WAIT_S + REPLY_MARGIN_S)
             except BridgeError:  # it ended or did not answer: nothing of it is left to close
                 reply = ("ended",)
-            if reply[0] == "closed" and reply[1] is not None:
-                error = error_from_wire(reply[1])
+            if reply[0] == "closed":
+                error = None if reply[1] is None else error_from_wire(reply[1])
+                self._end_offset = reply[2]
         try:
             child.wait(EXIT_WAIT_S)
         except subprocess.TimeoutExpired:
@@ -250,10 +274,14 @@ class SinkProcess:
             while True:
                 message = pickle.load(stream)
                 if message[0] == "acks":
-                    for number, wire in message[1]:
+                    for number, *wire in message[1]:
+                        if type(number) is not int:  # ("placed", topic, partition, offset), before its ack
+                            if self._on_delivered is not None:
+                                self._on_delivered(*wire)
+                            continue
                         callback = callbacks.pop(number, None)
                         if callback is not None:
-                            callback(None if wire is None else error_from_wire(wire))
+                            callback(None if wire[0] is None else error_from_wire(wire[0]))
                 elif message[0] == "fatal":
                     self._fail(error_from_wire(message[1]))
                 else:

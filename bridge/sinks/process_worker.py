@@ -39,7 +39,7 @@ class Reporter:
     def __init__(self, stream: IO[bytes]) -> None:
         self._stream = stream
         self._write = threading.Lock()  # one frame at a time on stdout
-        self._pending: list[tuple[int, Any]] = []
+        self._pending: list[tuple[Any, ...]] = []  # (number, error) and ("placed", topic, partition, offset)
         self._ready = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name="sink-process-reporter", daemon=True)
         self._thread.start()
@@ -52,6 +52,13 @@ class Reporter:
                 if len(self._pending) == 1:
                     self._ready.notify()
         return report
+
+    def placed(self, topic: str, partition: int, offset: int) -> None:
+        """A Kafka sink's on_delivered: where an event went, sent ahead of its outcome."""
+        with self._ready:
+            self._pending.append(("placed", topic, partition, offset))
+            if len(self._pending) == 1:
+                self._ready.notify()
 
     def reply(self, message: tuple[Any, ...]) -> None:
         with self._write:
@@ -95,7 +102,7 @@ def serve(inbox: IO[bytes], reporter: Reporter) -> None:
             log.exception("opening the sink failed")
         reporter.reply(("failed", error_to_wire(exc)))
         return
-    reporter.reply(("opened",))
+    reporter.reply(("opened", getattr(sink, "end_offset", None)))
     outcome = reporter.outcome
     failed = False
     while True:
@@ -120,8 +127,12 @@ def serve(inbox: IO[bytes], reporter: Reporter) -> None:
                 failed = True
         elif kind == "flush":
             reporter.reply(("flushed", _outcome_of(sink.flush, message[1])))
+        elif kind == "note_placements":
+            if hasattr(sink, "on_delivered"):
+                sink.on_delivered = reporter.placed
         elif kind == "close":
-            reporter.reply(("closed", _outcome_of(sink.close)))
+            closed = _outcome_of(sink.close)
+            reporter.reply(("closed", closed, getattr(sink, "end_offset", None)))
             return
 
 

@@ -20,6 +20,7 @@ import pytest
 from bridge.backfill import BackfillOptions, run_backfill
 from bridge.events import format_time
 from bridge.settings import load_settings
+from bridge.sinks.process import SinkProcess
 from bridge.sinks.locallog_reader import EventLogReader
 from legacy_db.simulate import run_simulation
 from tests.support.bridge_process import REPO_ROOT, write_config
@@ -245,3 +246,46 @@ def _acknowledged_rows(runs: Path) -> int:
         except (ValueError, KeyError):
             return 0
     return 0
+
+
+def test_a_backfill_with_the_sink_in_a_separate_process_publishes_and_records_what_one_process_does(
+        seeded_db: str, stack: StackInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sink.separate_process holds for a backfill too: the same events, and a manifest that says where they went
+    (each Kafka partition's first and last offset and count; the log's offsets), as the sink in one process."""
+    started: list[SinkProcess] = []
+    open_process = SinkProcess.open.__func__  # type: ignore[attr-defined]
+
+    def opened(cls: type[SinkProcess], *args: Any, **kwargs: Any) -> SinkProcess:
+        started.append(open_process(cls, *args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(SinkProcess, "open", classmethod(opened))
+    out = f"bfp{uuid.uuid4().hex[:6]}"
+    sink = {"kind": "kafka", "bootstrap_servers": stack.bootstrap_servers, "topic_template": out + ".{aggregate_type}",
+            "dead_letter_topic": f"{out}.dead-letters"}
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+    alone = load_settings(_config(tmp_path / "one", seeded_db, sink=sink))
+    split = load_settings(_config(tmp_path / "two", seeded_db, sink={**sink, "separate_process": True}))
+    here = run_backfill(alone, BackfillOptions(to="topics:.one", runs_dir=tmp_path / "one" / "runs"))
+    there = run_backfill(split, BackfillOptions(to="topics:.two", runs_dir=tmp_path / "two" / "runs"))
+    assert here.complete and there.complete and there.events == here.events and sum(here.events.values()) > 0
+
+    def published(suffix: str) -> dict[str, bytes]:
+        topics = [f"{out}.{a}.{suffix}" for a in ("customer", "menu_item", "order")]
+        return {dict(r.headers)["ce_id"].decode(): r.value for r in read_all(stack.bootstrap_servers, topics)}
+
+    assert published("two") == published("one"), "the same events, byte for byte"
+
+    def placements(result: Any, suffix: str) -> dict[str, Any]:
+        output = json.loads((result.run_dir / "manifest.json").read_text())["output"]
+        return {topic.removesuffix(suffix): parts for topic, parts in output["topics"].items()}
+
+    noted = placements(there, ".two")
+    assert noted == placements(here, ".one")  # one partition per topic here: the same offsets, first to last
+    assert sum(p["count"] for parts in noted.values() for p in parts.values()) == sum(there.events.values())
+
+    logged = run_backfill(split, BackfillOptions(to=f"log:{tmp_path / 'log'}", runs_dir=tmp_path / "two" / "runs"))
+    offsets = json.loads((logged.run_dir / "manifest.json").read_text())["output"]["offsets"]
+    assert offsets == {"first": 0, "next": len(_log_records(tmp_path / "log"))} and offsets["next"] > 0
+    assert len(started) == 2 and all(sink.pid for sink in started), "both ran their sink in a second process"
