@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/backfill.py --rows 250000,1000000 --runs 3         # local event log
     .venv/bin/python bench/backfill.py --rows 250000 --sink kafka              # also --to topics (Kafka)
+    .venv/bin/python bench/backfill.py --rows 250000 --sink kafka --separate-process   # + the sink in a second process
     .venv/bin/python bench/backfill.py --rows 1000000 --runs 1 --profile       # + one cProfile'd run
     .venv/bin/python bench/backfill.py --rows 250000 --runs 5 --scan --check-identical \\
         --bridge "base=env PYTHONPATH=.state/ab-base .venv/bin/python -m bridge.cli" --bridge current   # A/B, same run
@@ -31,6 +32,8 @@ Runs. For each size and each of --runs, sequentially (nothing else of the benchm
             values decoded, translated, appended and fsynced to a fresh local event log, a manifest.
   kafka     (--sink kafka) the same with `--to topics:.b<tag>` (fresh topics per run); the records on
             Kafka are counted and must equal the events plus dead letters.
+  ...-process  (--separate-process) each backfill again with sink.separate_process: true, right after it:
+            encoding and publishing in a second process; the summary adds its speedup over one process.
   scan      (--scan) the read side alone, per build: bench/_scan_child.py drives a SnapshotScan as
             BackfillSource does (pages, decoding, RowChanges, acknowledgements), translating nothing.
 Each bridge build given with --bridge LABEL=COMMAND runs once per run, in the order given (an A/B of two
@@ -385,12 +388,15 @@ def bench_size(args: argparse.Namespace, stack: dict[str, Any], rows: int, scrat
                     runs.setdefault(f"scan-{label}", []).append(result)
                     print(f"size {rows} run {run + 1} {'scan-' + label:<18} {result['seconds']:7.2f} s "
                           f"{data['rows'] / result['seconds']:9.0f} rows/s  cpu {result['cpu_seconds']:6.2f} s", flush=True)
-                for target in (["log", "kafka"] if args.sink == "kafka" else ["log"]):
-                    kind = f"backfill-{label}" + ("-kafka" if target == "kafka" else "")
+                for target, separate in [(target, separate) for target in (["log", "kafka"] if args.sink == "kafka"
+                                                                            else ["log"])
+                                         for separate in ((False, True) if args.separate_process else (False,))]:
+                    kind = f"backfill-{label}" + ("-kafka" if target == "kafka" else "") + ("-process" if separate else "")
                     work = scratch / f"{rows}-r{run}-{kind}"
                     work.mkdir(parents=True)
                     try:
-                        result = one_backfill(args, stack, dsn, command, env, work, target, data, digests, kind)
+                        result = one_backfill(args, stack, dsn, command, env, work, target, data, digests, kind,
+                                              separate_process=separate)
                     finally:
                         shutil.rmtree(work, ignore_errors=True)
                     runs.setdefault(kind, []).append(result)
@@ -417,7 +423,7 @@ def bench_size(args: argparse.Namespace, stack: dict[str, Any], rows: int, scrat
 
 def one_backfill(args: argparse.Namespace, stack: dict[str, Any], dsn: str, command: list[str], env: dict[str, str] | None,
                  work: Path, target: str, data: dict[str, Any], digests: dict[str, set[str]], kind: str,
-                 wrapper: list[str] | None = None) -> dict[str, Any]:
+                 wrapper: list[str] | None = None, separate_process: bool = False) -> dict[str, Any]:
     if target == "kafka":
         suffix = f".b{uuid.uuid4().hex[:8]}"
         sink = {"kind": "kafka", "bootstrap_servers": stack["kafka"]["bootstrap_servers"],
@@ -426,7 +432,7 @@ def one_backfill(args: argparse.Namespace, stack: dict[str, Any], dsn: str, comm
     else:
         sink = {"kind": "locallog", "path": str(work / "live-events")}
         to = f"log:{work / 'events'}"
-    config = bridge_config(work, dsn, sink)
+    config = bridge_config(work, dsn, {**sink, "separate_process": separate_process})
     result = run_backfill(command, config, to, work / "runs", args.batch_size, wrapper=wrapper, env=env)
     check_run(kind, result, data)
     if target == "kafka":
@@ -482,6 +488,13 @@ def summarize(runs: dict[str, list[dict[str, Any]]], data: dict[str, Any]) -> di
             summary[kind]["events_per_s"] = round(results[0]["events"] / wall)
             summary[kind]["ratio_to_copy"] = round(summary["copy"]["wall_seconds"] / wall, 3)
             summary[kind]["ratio_to_copy_own"] = round(summary["copy"]["own_seconds"] / own, 3)
+    for kind in summary:
+        if kind.endswith("-process") and kind.removesuffix("-process") in summary:  # the split's own gain
+            alone = kind.removesuffix("-process")
+            summary[kind]["speedup_over_one_process"] = round(summary[alone]["wall_seconds"] /
+                                                              summary[kind]["wall_seconds"], 3)
+            summary[kind]["speedup_per_run"] = [round(a["wall_seconds"] / b["wall_seconds"], 3)
+                                                for a, b in zip(runs[alone], runs[kind])]
     return summary
 
 
@@ -509,6 +522,9 @@ def main() -> int:
                         help="also time each build's read side alone (bench/_scan_child.py: pages, decoding, units)")
     parser.add_argument("--check-identical", action="store_true",
                         help="read every log back: all runs and builds must give the same records")
+    parser.add_argument("--separate-process", action="store_true",
+                        help="each backfill also with sink.separate_process: true (kind ...-process, right after "
+                             "the same backfill in one process; the summary adds its speedup)")
     parser.add_argument("--profile", action="store_true", help="one more run per size and build under cProfile")
     parser.add_argument("--py-spy", action="store_true", help="one more run per size and build under py-spy record")
     parser.add_argument("--state", type=Path, help="use the running stack under this state directory")

@@ -274,14 +274,16 @@ class SinkProcess:
             while True:
                 message = pickle.load(stream)
                 if message[0] == "acks":
-                    for number, *wire in message[1]:
+                    for entry in message[1]:
+                        number = entry[0]
                         if type(number) is not int:  # ("placed", topic, partition, offset), before its ack
                             if self._on_delivered is not None:
-                                self._on_delivered(*wire)
+                                self._on_delivered(*entry[1:])
                             continue
                         callback = callbacks.pop(number, None)
                         if callback is not None:
-                            callback(None if wire[0] is None else error_from_wire(wire[0]))
+                            wire = entry[1]
+                            callback(None if wire is None else error_from_wire(wire))
                 elif message[0] == "fatal":
                     self._fail(error_from_wire(message[1]))
                 else:
