@@ -3,6 +3,7 @@
     .venv/bin/python bench/backfill.py --rows 250000,1000000 --runs 3         # local event log
     .venv/bin/python bench/backfill.py --rows 250000 --sink kafka              # also --to topics (Kafka)
     .venv/bin/python bench/backfill.py --rows 250000 --sink kafka --separate-process   # + the sink in a second process
+    .venv/bin/python bench/backfill.py --rows 250000 --sink kafka --kafka-client confluent   # sink.client: confluent
     .venv/bin/python bench/backfill.py --rows 1000000 --runs 1 --profile       # + one cProfile'd run
     .venv/bin/python bench/backfill.py --rows 250000 --runs 5 --scan --check-identical \\
         --bridge "base=env PYTHONPATH=.state/ab-base .venv/bin/python -m bridge.cli" --bridge current   # A/B, same run
@@ -426,7 +427,7 @@ def one_backfill(args: argparse.Namespace, stack: dict[str, Any], dsn: str, comm
                  wrapper: list[str] | None = None, separate_process: bool = False) -> dict[str, Any]:
     if target == "kafka":
         suffix = f".b{uuid.uuid4().hex[:8]}"
-        sink = {"kind": "kafka", "bootstrap_servers": stack["kafka"]["bootstrap_servers"],
+        sink = {"kind": "kafka", "bootstrap_servers": stack["kafka"]["bootstrap_servers"], "client": args.kafka_client,
                 "topic_template": "bench.{namespace}.{aggregate_type}", "dead_letter_topic": "bench.dead-letters"}
         to = f"topics:{suffix}"
     else:
@@ -463,10 +464,13 @@ def profile_run(args: argparse.Namespace, stack: dict[str, Any], dsn: str, comma
     else:
         output = args.results / f"backfill-{rows}-{label}-{stamp}.py-spy.txt"  # collapsed stacks, per thread
         spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
-        wrapper = [spy, "record", "--nonblocking", "--threads", "--rate", "200", "--format", "raw", "-o", str(output),
-                   "--", python, "-m", "bridge.cli"]
+        wrapper = [spy, "record", "--nonblocking", "--threads", "--subprocesses", "--rate", "200", "--format", "raw",
+                   "-o", str(output), "--", python, "-m", "bridge.cli"]
+    # The target of --sink, in a second process with --separate-process (py-spy follows the sink process).
+    target = "kafka" if args.sink == "kafka" else "log"
     try:
-        result = one_backfill(args, stack, dsn, [], env, work, "log", data, {}, f"{label}-{how}", wrapper=wrapper)
+        result = one_backfill(args, stack, dsn, [], env, work, target, data, {}, f"{label}-{how}", wrapper=wrapper,
+                              separate_process=args.separate_process)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"size {rows} {label} under {how}: {result['wall_seconds']:.1f} s, profile {output}", flush=True)
@@ -522,11 +526,14 @@ def main() -> int:
                         help="also time each build's read side alone (bench/_scan_child.py: pages, decoding, units)")
     parser.add_argument("--check-identical", action="store_true",
                         help="read every log back: all runs and builds must give the same records")
+    parser.add_argument("--kafka-client", choices=("kafka-python", "confluent"), default="kafka-python",
+                        help="with --sink kafka: the producer library (sink.client)")
     parser.add_argument("--separate-process", action="store_true",
                         help="each backfill also with sink.separate_process: true (kind ...-process, right after "
                              "the same backfill in one process; the summary adds its speedup)")
     parser.add_argument("--profile", action="store_true", help="one more run per size and build under cProfile")
-    parser.add_argument("--py-spy", action="store_true", help="one more run per size and build under py-spy record")
+    parser.add_argument("--py-spy", action="store_true", help="one more run per size and build under py-spy record "
+                        "(of the --sink target, with --separate-process in two processes)")
     parser.add_argument("--state", type=Path, help="use the running stack under this state directory")
     args = parser.parse_args()
     args.results = REPO / "bench" / "results"
