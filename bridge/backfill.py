@@ -344,14 +344,10 @@ def _totals(reader: SnapshotReader, shapes: list[TableShape], state: RunState) -
 def _open_target(sink_settings: Any, mappings: CompiledMappings, logging_settings: Any) -> EventSink:
     """The target's sink (in a second process with sink.separate_process, as the daemon's); one that cannot be
     written is a ConfigurationError before anything is read."""
-    if sink_settings.separate_process:
-        from bridge.sinks.process import SinkProcess
+    from bridge.sinks.process import open_configured_sink
 
-        return SinkProcess.open(sink_settings, mappings.aggregates(), log_level=logging_settings.level,
+    return open_configured_sink(sink_settings, mappings.aggregates(), log_level=logging_settings.level,
                                 log_format=logging_settings.format)
-    from bridge.sinks.opening import open_sink
-
-    return open_sink(sink_settings, mappings.aggregates())
 
 
 def _manifest(state: RunState, result: BackfillResult, sink: CountingSink) -> dict[str, Any]:

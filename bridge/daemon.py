@@ -25,8 +25,7 @@ from bridge.preflight import enforce_at_start
 from bridge.redact import redacted_dsn
 from bridge.ports import ChangeSource, EventSink
 from bridge.settings import KafkaSink, LocalLogSink, Settings
-from bridge.sinks.opening import open_sink
-from bridge.sinks.process import SinkProcess
+from bridge.sinks.process import SinkProcess, open_configured_sink
 from bridge.state import PriorRowStore
 from bridge.supervisor import Supervisor
 
@@ -177,11 +176,8 @@ class _Runs:
         with ExitStack() as parts:
             try:
                 self.stage = "sink"
-                if settings.sink.separate_process:
-                    sink = SinkProcess.open(settings.sink, self.mappings.aggregates(),
+                sink = open_configured_sink(settings.sink, self.mappings.aggregates(),
                                             log_level=settings.logging.level, log_format=settings.logging.format)
-                else:
-                    sink = open_sink(settings.sink, self.mappings.aggregates())
                 parts.callback(_close_quietly, sink, "the sink")
                 self.stage = "source"
                 source, reading = _open_source(settings, self.mappings)

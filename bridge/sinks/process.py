@@ -43,8 +43,9 @@ import bridge.errors as errors_module
 from bridge.changes import SnapshotMark, SourcePosition
 from bridge.errors import BridgeError, DeliveryError, RecordTooLarge
 from bridge.events import DomainEvent
-from bridge.ports import DeliveryCallback
+from bridge.ports import DeliveryCallback, EventSink
 from bridge.settings import KafkaSink, LocalLogSink
+from bridge.sinks.opening import open_sink
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,15 @@ def error_from_wire(wire: tuple[str, str, bool, tuple[Any, ...]]) -> BridgeError
     error = kind.__new__(kind)
     BridgeError.__init__(error, message, retryable=retryable)
     return error
+
+
+def open_configured_sink(section: KafkaSink | LocalLogSink, aggregates: list[tuple[str, str]], *,
+                         log_level: str = "INFO", log_format: str = "json") -> EventSink:
+    """The sink a `sink:` section describes, for the daemon and backfills alike: in a second process with
+    sink.separate_process, else in this one."""
+    if section.separate_process:
+        return SinkProcess.open(section, aggregates, log_level=log_level, log_format=log_format)
+    return open_sink(section, aggregates)
 
 
 class SinkProcess:

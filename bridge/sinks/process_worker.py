@@ -47,16 +47,16 @@ class Reporter:
     def outcome(self, number: int) -> Any:
         """The delivery callback for publication `number`."""
         def report(error: BaseException | None) -> None:
-            with self._ready:
-                self._pending.append((number, None if error is None else error_to_wire(error)))
-                if len(self._pending) == 1:
-                    self._ready.notify()
+            self._add((number, None if error is None else error_to_wire(error)))
         return report
 
     def placed(self, topic: str, partition: int, offset: int) -> None:
         """A Kafka sink's on_delivered: where an event went, sent ahead of its outcome."""
+        self._add(("placed", topic, partition, offset))
+
+    def _add(self, entry: tuple[Any, ...]) -> None:
         with self._ready:
-            self._pending.append(("placed", topic, partition, offset))
+            self._pending.append(entry)
             if len(self._pending) == 1:
                 self._ready.notify()
 

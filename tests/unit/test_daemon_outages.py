@@ -114,7 +114,7 @@ def openers(monkeypatch: pytest.MonkeyPatch, sinks: list[Any], upstream: Upstrea
     opened: dict[str, list[Any]] = {"sinks": [], "sources": []}
     queue: Iterator[Any] = iter(sinks)
 
-    def open_sink(_settings: Any, _mappings: Any) -> Any:
+    def open_sink(_settings: Any, _mappings: Any, **_logging: Any) -> Any:
         sink = next(queue, sinks[-1])
         if isinstance(sink, BaseException):
             raise sink
@@ -126,7 +126,7 @@ def openers(monkeypatch: pytest.MonkeyPatch, sinks: list[Any], upstream: Upstrea
         opened["sources"].append(source)
         return source, {"source": "fake"}
 
-    monkeypatch.setattr(daemon, "open_sink", open_sink)
+    monkeypatch.setattr(daemon, "open_configured_sink", open_sink)
     monkeypatch.setattr(daemon, "_open_source", open_source)
     return opened
 
@@ -165,13 +165,13 @@ def test_a_stop_while_waiting_ends_the_daemon_cleanly(monkeypatch: pytest.Monkey
     stop = threading.Event()
     attempts: list[int] = []
 
-    def open_sink(_settings: Any, _mappings: Any) -> Any:
+    def open_sink(_settings: Any, _mappings: Any, **_logging: Any) -> Any:
         attempts.append(1)
         if len(attempts) == 3:
             stop.set()  # SIGTERM while the bridge waits for Kafka
         raise ServiceUnavailable("no Kafka broker answers")
 
-    monkeypatch.setattr(daemon, "open_sink", open_sink)
+    monkeypatch.setattr(daemon, "open_configured_sink", open_sink)
     daemon.run_daemon(settings(shop), stop=stop)  # returns: exit code 0
     assert len(attempts) == 3
 
@@ -179,7 +179,7 @@ def test_a_stop_while_waiting_ends_the_daemon_cleanly(monkeypatch: pytest.Monkey
 def test_a_wrong_setting_found_on_connecting_stops_at_once(monkeypatch: pytest.MonkeyPatch, shop: Path) -> None:
     sink = GoodSink()
     calls: list[int] = []
-    monkeypatch.setattr(daemon, "open_sink", lambda *_: sink)
+    monkeypatch.setattr(daemon, "open_configured_sink", lambda *_, **__: sink)
 
     def open_source(*_: Any) -> Any:
         calls.append(1)
