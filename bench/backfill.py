@@ -74,6 +74,7 @@ import subprocess
 import sys
 import time
 import uuid
+from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -389,9 +390,8 @@ def bench_size(args: argparse.Namespace, stack: dict[str, Any], rows: int, scrat
                     runs.setdefault(f"scan-{label}", []).append(result)
                     print(f"size {rows} run {run + 1} {'scan-' + label:<18} {result['seconds']:7.2f} s "
                           f"{data['rows'] / result['seconds']:9.0f} rows/s  cpu {result['cpu_seconds']:6.2f} s", flush=True)
-                for target, separate in [(target, separate) for target in (["log", "kafka"] if args.sink == "kafka"
-                                                                            else ["log"])
-                                         for separate in ((False, True) if args.separate_process else (False,))]:
+                for target, separate in product(["log", "kafka"] if args.sink == "kafka" else ["log"],
+                                                (False, True) if args.separate_process else (False,)):
                     kind = f"backfill-{label}" + ("-kafka" if target == "kafka" else "") + ("-process" if separate else "")
                     work = scratch / f"{rows}-r{run}-{kind}"
                     work.mkdir(parents=True)
